@@ -1,0 +1,63 @@
+"""Activations by name, each with its forward and its derivative, defined once.
+
+The derivative is written in terms of the activation's *input* ``z`` and *output* ``a`` so a
+backward can use whichever it kept. ReLU's derivative at exactly 0 is 0, as in PyTorch.
+
+>>> act = get_activation("relu")
+>>> z = np.array([-1.0, 0.0, 2.0])
+>>> act.forward(z)
+array([0., 0., 2.])
+>>> act.derivative(z, act.forward(z))
+array([0., 0., 1.])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Activation:
+    """An elementwise activation: ``forward(z)`` and ``derivative(z, a)`` with ``a = forward(z)``.
+
+    ``kinked`` marks activations that are not differentiable everywhere (ReLU at 0).
+    """
+
+    name: str
+    forward: Callable[[np.ndarray], np.ndarray]
+    derivative: Callable[[np.ndarray, np.ndarray], np.ndarray]
+    kinked: bool = False
+
+
+def _relu(z):
+    return np.maximum(z, 0)
+
+
+def _relu_derivative(z, a):
+    return (z > 0).astype(z.dtype)  # 0 at exactly 0, as torch
+
+
+def _tanh_derivative(z, a):
+    return 1 - a * a
+
+
+ACTIVATIONS: dict[str, Activation] = {
+    "relu": Activation("relu", _relu, _relu_derivative, kinked=True),
+    "tanh": Activation("tanh", np.tanh, _tanh_derivative),
+    "identity": Activation("identity", lambda z: z, lambda z, a: np.ones_like(z)),
+}
+
+
+def get_activation(name: str) -> Activation:
+    """The activation called ``name``; a ValueError listing the known names otherwise."""
+    if not isinstance(name, str):
+        raise TypeError(
+            f"activation: expected one of {sorted(ACTIVATIONS)} by name, got {name!r} "
+            "(refimpl takes a name where TorchRec takes a callable)"
+        )
+    if name not in ACTIVATIONS:
+        raise ValueError(f"activation: expected one of {sorted(ACTIVATIONS)}, got {name!r}")
+    return ACTIVATIONS[name]

@@ -1,0 +1,1 @@
+"""The checks ``python -m refimpl check`` runs, one module per layer family."""

@@ -1,0 +1,176 @@
+"""``python -m refimpl check``: every available gradient witness for every layer, as a table.
+
+Each layer family lists its checks in ``refimpl/cases/<family>.py``: a :class:`Check` names the
+layer, a configuration, the witness (DESIGN §5) and a function that runs it and returns the
+worst relative error. A witness whose optional dependency is missing (SymPy for "symbolic",
+TorchRec for "parity") raises :class:`Unavailable` and is shown as skipped, not passed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from refimpl.gradcheck import DEFAULT_TOL, gradcheck, rel_error
+from refimpl.parity import ParityUnavailable, compare_with_torch
+
+WITNESSES = ("symbolic", "finite-diff", "parity", "hand")
+FAMILIES = ("dot", "crossnet", "projection")
+PARITY_TOL = 1e-10
+HAND_TOL = 1e-12
+
+
+class Unavailable(Exception):
+    """The witness cannot run here (an optional dependency is missing)."""
+
+
+@dataclass(frozen=True)
+class Check:
+    layer: str
+    config: str
+    witness: str
+    run: Callable[[], float]  # the worst relative error; raises Unavailable if it cannot run
+    tol: float
+
+
+@dataclass(frozen=True)
+class Outcome:
+    check: Check
+    error: float | None  # None when skipped
+    note: str = ""
+
+    @property
+    def status(self) -> str:
+        if self.error is None:
+            return "skipped"
+        return "pass" if self.error < self.check.tol else "FAIL"
+
+
+def all_checks(families: Iterable[str] = FAMILIES) -> Iterator[Check]:
+    for family in families:
+        yield from importlib.import_module(f"refimpl.cases.{family}").checks()
+
+
+def finite_difference_check(layer: str, config: str, build) -> Check:
+    """``build(rng) -> (layer, inputs)``, checked by :func:`refimpl.gradcheck.gradcheck`."""
+
+    def run() -> float:
+        net, inputs = build(np.random.default_rng(0))
+        return gradcheck(net, inputs, seed=1).worst.rel_error
+
+    return Check(layer, config, "finite-diff", run, DEFAULT_TOL)
+
+
+def parity_check(layer: str, config: str, build, torch_module) -> Check:
+    """``torch_module(layer)`` builds the matching TorchRec module (torch imported inside)."""
+
+    def run() -> float:
+        try:
+            net, inputs = build(np.random.default_rng(0))
+            module = torch_module(net)
+        except ParityUnavailable as exc:
+            raise Unavailable(str(exc)) from exc
+        except ImportError as exc:
+            raise Unavailable(f"TorchRec is not installed ({exc})") from exc
+        return max(compare_with_torch(net, module, inputs, seed=1).values())
+
+    return Check(layer, config, "parity", run, PARITY_TOL)
+
+
+def hand_check(layer: str, config: str, compute: Callable[[], tuple]) -> Check:
+    """``compute() -> (ours, expected)``: refimpl's forward against hand or loop values."""
+
+    def run() -> float:
+        ours, expected = compute()
+        return rel_error(ours, expected)
+
+    return Check(layer, config, "hand", run, HAND_TOL)
+
+
+def symbolic_check(layer: str, config: str, witness: Callable[[], float]) -> Check:
+    """``witness()`` lives in ``derivations`` (SymPy): it proves the closed form exactly and
+    returns the worst relative error of refimpl against the lambdified symbolic gradient."""
+
+    def run() -> float:
+        try:
+            return witness()
+        except ModuleNotFoundError as exc:  # SymPy absent
+            raise Unavailable(f"SymPy is not installed ({exc})") from exc
+
+    return Check(layer, config, "symbolic", run, DEFAULT_TOL)
+
+
+def run_check(check: Check) -> Outcome:
+    try:
+        return Outcome(check, float(check.run()))
+    except Unavailable as exc:
+        return Outcome(check, None, str(exc).splitlines()[0])
+
+
+def format_table(outcomes: list[Outcome]) -> str:
+    header = ("layer", "configuration", "witness", "worst rel. error", "tolerance", "result")
+    rows = [
+        (
+            o.check.layer,
+            o.check.config,
+            o.check.witness,
+            "-" if o.error is None else f"{o.error:.1e}",
+            f"{o.check.tol:.0e}",
+            o.status,
+        )
+        for o in outcomes
+    ]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    line = "  ".join("{:<%d}" % w for w in widths)
+    out = [line.format(*header), line.format(*("-" * w for w in widths))]
+    out += [line.format(*r) for r in rows]
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m refimpl check",
+        description="Run every available gradient witness for every layer and print a table.",
+    )
+    parser.add_argument("--layer", action="append", help="only layers with this name (repeatable)")
+    parser.add_argument(
+        "--witness", action="append", choices=WITNESSES, help="only this witness (repeatable)"
+    )
+    args = parser.parse_args(argv)
+    checks = [
+        c
+        for c in all_checks()
+        if (not args.layer or c.layer in args.layer)
+        and (not args.witness or c.witness in args.witness)
+    ]
+    if not checks:
+        print("no checks match", file=sys.stderr)
+        return 2
+    outcomes = []
+    start = time.perf_counter()
+    progress = sys.stderr
+    for i, check in enumerate(checks, 1):
+        label = f"[{i}/{len(checks)}] {check.layer} {check.config} {check.witness}"
+        if progress.isatty():
+            print(f"\r\033[K{label[:100]}", end="", file=progress, flush=True)
+        else:
+            print(label, file=progress, flush=True)
+        outcomes.append(run_check(check))
+    if progress.isatty():
+        print("\r\033[K", end="", file=progress, flush=True)
+    print(format_table(outcomes))
+    counts = {s: sum(o.status == s for o in outcomes) for s in ("pass", "FAIL", "skipped")}
+    print(
+        f"\n{counts['pass']} passed, {counts['FAIL']} failed, {counts['skipped']} skipped "
+        f"in {time.perf_counter() - start:.1f} s"
+    )
+    skipped = {o.note for o in outcomes if o.error is None}
+    for note in sorted(skipped):
+        print(f"skipped: {note}")
+    return 1 if counts["FAIL"] else 0

@@ -1,0 +1,199 @@
+"""The default DLRM interaction: dense passthrough plus pairwise dot products.
+
+TorchRec's ``torchrec.models.dlrm.InteractionArch``. With ``C = [dense; sparse]`` stacked per
+sample (dense at row 0), the output is ``concat(dense, (C Cᵀ)[i, j] for the kept pairs)``.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from refimpl._layer import Layer, check_array, check_positive_int
+
+PAIR_ORDERS = ("triu", "tril")
+
+
+def pair_indices(
+    num_sparse_features: int, self_interaction: bool = False, pair_order: str = "triu"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column indices, into the (F+1, F+1) matrix ``C Cᵀ``, of the kept pairs.
+
+    ``"triu"`` is TorchRec's order: the strict upper triangle, row-major,
+    (0,1), (0,2), …, (0,F), (1,2), … . ``"tril"`` is facebookresearch/dlrm's: the strict lower
+    triangle, row-major, (1,0), (2,0), (2,1), (3,0), … . ``self_interaction=True`` keeps the
+    diagonal too (dlrm's ``arch_interaction_itself``).
+
+    >>> rows, cols = pair_indices(2)
+    >>> list(zip(rows.tolist(), cols.tolist()))
+    [(0, 1), (0, 2), (1, 2)]
+    >>> rows, cols = pair_indices(2, self_interaction=True, pair_order="tril")
+    >>> list(zip(rows.tolist(), cols.tolist()))
+    [(0, 0), (1, 0), (1, 1), (2, 0), (2, 1), (2, 2)]
+    """
+    if pair_order not in PAIR_ORDERS:
+        raise ValueError(f"pair_order: expected one of {PAIR_ORDERS}, got {pair_order!r}")
+    n = num_sparse_features + 1
+    offset = 0 if self_interaction else 1
+    if pair_order == "triu":
+        return np.triu_indices(n, k=offset)
+    return np.tril_indices(n, k=-offset)
+
+
+class DotCache(NamedTuple):
+    combined: np.ndarray  # C = [dense; sparse], (B, F+1, D)
+
+
+class InteractionArch(Layer):
+    """Dense passthrough plus the pairwise dot products of ``[dense; sparse]``.
+
+    Parameters
+    ----------
+    num_sparse_features : int
+        F, the number of sparse (embedding) features.
+    self_interaction : bool
+        Also keep each feature's dot product with itself (the diagonal of ``C Cᵀ``), as the
+        original facebookresearch/dlrm can. TorchRec does not: default False.
+    pair_order : {"triu", "tril"}
+        The order of the kept pairs; "triu" (default) is TorchRec's, "tril" dlrm's.
+    dtype : float32 or float64
+        Unused (no parameters); accepted for a uniform constructor.
+
+    Notes
+    -----
+    With ``C`` of shape (B, F+1, D) and the kept pairs ``(i_k, j_k)``::
+
+        Z = C Cᵀ                                  (B, F+1, F+1)
+        out = concat(dense, Z[:, i_k, j_k])       (B, D + P)
+
+    where P = F(F+1)/2 (or (F+1)(F+2)/2 with the diagonal). Backward scatters the pair part of
+    the upstream gradient into ``G`` (B, F+1, F+1), zero elsewhere; since ``dZ = G`` and
+    ``Z = C Cᵀ``, ``dC = (G + Gᵀ) C``. A diagonal entry of ``G`` appears twice in ``G + Gᵀ``,
+    which is exactly ``d(c·c)/dc = 2c``. Then ``d_dense = d_out[:, :D] + dC[:, 0]`` and
+    ``d_sparse = dC[:, 1:]``.
+
+    Examples
+    --------
+    >>> arch = InteractionArch(num_sparse_features=2)
+    >>> dense = np.array([[1.0, 2.0]])             # B=1, D=2
+    >>> sparse = np.array([[[3.0, 4.0], [5.0, 6.0]]])  # F=2
+    >>> out, cache = arch.forward(dense, sparse)
+    >>> out                                         # dense, then d·s0, d·s1, s0·s1
+    array([[ 1.,  2., 11., 17., 39.]])
+    >>> d_dense, d_sparse, d_params = arch.backward(np.ones_like(out), cache)
+    >>> d_dense                                     # 1 + s0 + s1
+    array([[ 9., 12.]])
+    """
+
+    input_names = ("dense", "sparse")
+
+    def __init__(
+        self,
+        num_sparse_features: int,
+        *,
+        self_interaction: bool = False,
+        pair_order: str = "triu",
+        dtype=np.float64,
+    ):
+        super().__init__(dtype)
+        self.num_sparse_features = check_positive_int("num_sparse_features", num_sparse_features, 0)
+        self.self_interaction = bool(self_interaction)
+        self.pair_order = pair_order
+        self.rows, self.cols = pair_indices(self.num_sparse_features, self_interaction, pair_order)
+
+    @property
+    def num_pairs(self) -> int:
+        return len(self.rows)
+
+    def output_size(self, embedding_dim: int) -> int:
+        """D + P, the output width for embedding dimension D."""
+        return embedding_dim + self.num_pairs if self.num_sparse_features else embedding_dim
+
+    def _config(self) -> str:
+        extra = ", self_interaction=True" if self.self_interaction else ""
+        extra += f", pair_order={self.pair_order!r}" if self.pair_order != "triu" else ""
+        return f"num_sparse_features={self.num_sparse_features}{extra}"
+
+    def forward(self, dense: np.ndarray, sparse: np.ndarray) -> tuple[np.ndarray, DotCache]:
+        """
+        Parameters
+        ----------
+        dense : ndarray, shape (B, D)
+        sparse : ndarray, shape (B, F, D)
+
+        Returns
+        -------
+        out : ndarray, shape (B, D + P); just ``dense`` when F = 0
+        cache : DotCache
+        """
+        sizes = {"F": self.num_sparse_features}
+        check_array("dense", dense, "B D", sizes)
+        check_array("sparse", sparse, "B F D", sizes)
+        if sparse.dtype != dense.dtype:
+            raise TypeError(f"sparse: dtype {sparse.dtype} differs from dense's {dense.dtype}")
+        combined = np.concatenate([dense[:, None, :], sparse], axis=1)  # (B, F+1, D)
+        if self.num_sparse_features == 0:
+            return dense, DotCache(combined)
+        gram = combined @ combined.transpose(0, 2, 1)  # (B, F+1, F+1)
+        pairs = gram[:, self.rows, self.cols]  # (B, P)
+        return np.concatenate([dense, pairs], axis=1), DotCache(combined)  # (B, D + P)
+
+    def backward(self, d_out: np.ndarray, cache: DotCache):
+        """
+        Parameters
+        ----------
+        d_out : ndarray, shape (B, D + P)
+        cache : DotCache from ``forward``
+
+        Returns
+        -------
+        d_dense : ndarray, shape (B, D)
+        d_sparse : ndarray, shape (B, F, D)
+        d_params : dict, empty (the layer has no parameters)
+        """
+        (combined,) = cache
+        batch, n, dim = combined.shape
+        check_array("d_out", d_out, "B P", {"B": batch, "P": self.output_size(dim)}, combined.dtype)
+        if self.num_sparse_features == 0:
+            return d_out.copy(), np.zeros((batch, 0, dim), combined.dtype), {}
+        d_gram = np.zeros((batch, n, n), combined.dtype)  # G, (B, F+1, F+1)
+        d_gram[:, self.rows, self.cols] = d_out[:, dim:]
+        d_combined = (d_gram + d_gram.transpose(0, 2, 1)) @ combined  # (B, F+1, D)
+        d_dense = d_out[:, :dim] + d_combined[:, 0]  # (B, D)
+        return d_dense, d_combined[:, 1:].copy(), {}
+
+
+def interaction_loop(
+    dense: np.ndarray, sparse: np.ndarray, self_interaction: bool = False, pair_order="triu"
+) -> np.ndarray:
+    """The dot interaction written as plain loops, one multiply-add at a time.
+
+    A didactic, independent implementation (slow) that the vectorized layer is tested against.
+
+    >>> interaction_loop(np.array([[1.0, 2.0]]), np.array([[[3.0, 4.0], [5.0, 6.0]]]))
+    array([[ 1.,  2., 11., 17., 39.]])
+    """
+    batch, num_features, dim = sparse.shape
+    rows = [dense[b] for b in range(batch)]
+    out = []
+    for b in range(batch):
+        features = [dense[b]] + [sparse[b, f] for f in range(num_features)]
+        n = len(features)
+        if pair_order == "triu":
+            pairs = [
+                (i, j) for i in range(n) for j in range(n) if j > i or (self_interaction and j == i)
+            ]
+        else:
+            pairs = [
+                (i, j) for i in range(n) for j in range(n) if j < i or (self_interaction and j == i)
+            ]
+        values = list(rows[b])
+        if num_features:
+            for i, j in pairs:
+                total = 0.0
+                for k in range(dim):
+                    total += features[i][k] * features[j][k]
+                values.append(total)
+        out.append(values)
+    return np.array(out, dtype=dense.dtype)

@@ -1,0 +1,228 @@
+"""Finite-difference gradient checking for any layer that keeps the refimpl contract.
+
+The loss is ``L = sum(G * out)`` for a random upstream gradient ``G``, so ``dL/d out = G`` and
+the layer's ``backward(G, cache)`` must equal the numerical derivative of ``L`` with respect to
+every input element and every parameter element. Derivatives are central differences,
+
+    dL/dθ ≈ (L(θ + h) − L(θ − h)) / 2h,
+
+in float64, whose error is O(h²) truncation plus O(ε/h) round-off (notebook 00 plots the V this
+makes). Agreement is measured per element by :func:`rel_error`.
+
+>>> import refimpl
+>>> arch = refimpl.InteractionArch(num_sparse_features=2)
+>>> rng = np.random.default_rng(0)
+>>> result = gradcheck(arch, (rng.standard_normal((2, 4)), rng.standard_normal((2, 2, 4))))
+>>> result.ok, [a.name for a in result.arrays]
+(True, ['dense', 'sparse'])
+>>> result.worst.rel_error < 1e-7
+True
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from refimpl._layer import Layer, as_rng
+
+DEFAULT_STEP = 1e-6
+DEFAULT_TOL = 1e-7
+
+
+def rel_error(a, b) -> float:
+    """Worst elementwise relative error, ``max |a − b| / max(1e-8, |a| + |b|)``.
+
+    The floor of 1e-8 keeps elements that are both (near) zero from dividing by zero: there
+    the measure becomes an absolute error scaled by 1e8.
+
+    >>> rel_error(np.array([1.0, 2.0]), np.array([1.0, 2.0 + 4e-9]))  # doctest: +ELLIPSIS
+    1.0e-09
+    >>> rel_error(np.zeros(3), np.zeros(3))
+    0.0
+    """
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"rel_error: shapes differ, {a.shape} and {b.shape}")
+    if a.size == 0:
+        return 0.0
+    return float(np.max(_elementwise_rel_error(a, b)))
+
+
+def _elementwise_rel_error(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.abs(a - b) / np.maximum(1e-8, np.abs(a) + np.abs(b))
+
+
+@dataclass(frozen=True)
+class ArrayCheck:
+    """How one array's analytic gradient compares with its finite-difference estimate."""
+
+    name: str
+    rel_error: float
+    index: tuple[int, ...]  # where the worst element sits
+    analytic: float  # backward's value there
+    numeric: float  # the central difference there
+
+    def __str__(self) -> str:
+        return (
+            f"{self.name:<28} rel_error {self.rel_error:9.2e} at {self.index}: "
+            f"analytic {self.analytic:+.10e}, numeric {self.numeric:+.10e}"
+        )
+
+
+@dataclass(frozen=True)
+class GradCheckResult:
+    """One :class:`ArrayCheck` per input, then one per parameter (in ``params`` order)."""
+
+    arrays: tuple[ArrayCheck, ...]
+    tol: float
+    step: float
+
+    @property
+    def worst(self) -> ArrayCheck:
+        return max(self.arrays, key=lambda a: a.rel_error)
+
+    @property
+    def ok(self) -> bool:
+        return all(a.rel_error < self.tol for a in self.arrays)
+
+    def __str__(self) -> str:
+        verdict = "pass" if self.ok else "FAIL"
+        lines = [f"gradcheck ({verdict}: tol {self.tol:.0e}, step {self.step:.0e})"]
+        lines += [f"  {a}" for a in self.arrays]
+        return "\n".join(lines)
+
+
+def numerical_gradient(loss, array: np.ndarray, step: float = DEFAULT_STEP) -> np.ndarray:
+    """Central-difference gradient of the scalar ``loss()`` with respect to ``array``.
+
+    ``array`` is perturbed in place one element at a time and restored exactly (the original
+    value is saved, not recomputed), so ``loss`` should read it by reference.
+
+    >>> x = np.array([1.0, -2.0])
+    >>> np.round(numerical_gradient(lambda: float(np.sum(x**3)), x), 6)
+    array([ 3., 12.])
+    """
+    grad = np.zeros_like(array, dtype=np.float64)
+    if array.size == 0:
+        return grad
+    flat = array.reshape(-1)  # a view: writes reach `array`
+    if not np.shares_memory(flat, array):
+        raise ValueError("numerical_gradient: the array must be contiguous to perturb in place")
+    for i in range(flat.size):
+        saved = flat[i]
+        flat[i] = saved + step
+        up = loss()
+        flat[i] = saved - step
+        down = loss()
+        flat[i] = saved
+        grad.reshape(-1)[i] = (up - down) / (2 * step)
+    return grad
+
+
+def gradcheck(
+    layer: Layer,
+    inputs: tuple[np.ndarray, ...],
+    *,
+    seed: int | np.random.Generator | None = 0,
+    step: float = DEFAULT_STEP,
+    tol: float = DEFAULT_TOL,
+    kink_margin: float | None = None,
+) -> GradCheckResult:
+    """Compare ``layer.backward`` with central differences for every input and parameter.
+
+    Parameters
+    ----------
+    layer : Layer
+        Any layer keeping the contract (``forward``/``backward``/``params``), in float64.
+    inputs : tuple of float64 ndarray
+        The forward inputs. They are copied; the layer's parameters are perturbed in place and
+        restored exactly.
+    seed : int or Generator
+        Draws the upstream gradient ``G`` (standard normal, shaped like the output).
+    step : float
+        The finite-difference step ``h``.
+    tol : float
+        An array passes when its worst :func:`rel_error` is below ``tol``.
+    kink_margin : float, optional
+        Refuse inputs whose pre-activations lie within this distance of a ReLU kink (default
+        ``1000 * step``): a central difference that straddles a kink measures the average of
+        two one-sided slopes, not the derivative, and would fail a correct backward.
+
+    Returns
+    -------
+    GradCheckResult
+    """
+    inputs = tuple(np.array(x, dtype=np.float64, copy=True) for x in inputs)
+    params = layer.params
+    for name, value in params.items():
+        if value.dtype != np.float64:
+            raise TypeError(
+                f"gradcheck: parameter {name} is {value.dtype}; finite differences need "
+                "float64 (build the layer with dtype=np.float64)"
+            )
+    margin = 1000 * step if kink_margin is None else kink_margin
+    distance = layer.kink_distance(*inputs)
+    if distance < margin:
+        raise ValueError(
+            f"gradcheck: a pre-activation lies {distance:.1e} from a ReLU kink (margin "
+            f"{margin:.1e}); finite differences are not derivatives there: draw other inputs "
+            "(see refimpl.gradcheck.draw_away_from_kinks)"
+        )
+
+    out, cache = layer.forward(*inputs)
+    upstream = as_rng(seed).standard_normal(out.shape)  # G = dL/d out
+    *d_inputs, d_params = layer.backward(upstream, cache)
+    if len(d_inputs) != len(inputs):
+        raise ValueError(
+            f"gradcheck: backward returned {len(d_inputs)} input gradients for {len(inputs)} inputs"
+        )
+    if set(d_params) != set(params):
+        raise ValueError(
+            f"gradcheck: backward's parameter gradients have keys {sorted(d_params)}, "
+            f"params has {sorted(params)}"
+        )
+
+    def loss() -> float:
+        return float(np.sum(upstream * layer.forward(*inputs)[0]))
+
+    names = getattr(layer, "input_names", None) or [f"input {i}" for i in range(len(inputs))]
+    checks = []
+    targets = [(n, x, d) for n, x, d in zip(names, inputs, d_inputs, strict=True)]
+    targets += [(k, params[k], d_params[k]) for k in params]
+    for name, array, analytic in targets:
+        if analytic.shape != array.shape:
+            raise ValueError(
+                f"gradcheck: gradient of {name} has shape {analytic.shape}, expected {array.shape}"
+            )
+        numeric = numerical_gradient(loss, array, step)
+        checks.append(_compare(name, np.asarray(analytic, dtype=np.float64), numeric))
+    return GradCheckResult(tuple(checks), tol=tol, step=step)
+
+
+def _compare(name: str, analytic: np.ndarray, numeric: np.ndarray) -> ArrayCheck:
+    if analytic.size == 0:
+        return ArrayCheck(name, 0.0, (), 0.0, 0.0)
+    errors = _elementwise_rel_error(analytic, numeric)
+    index = np.unravel_index(int(np.argmax(errors)), errors.shape)
+    return ArrayCheck(
+        name,
+        float(errors[index]),
+        tuple(int(i) for i in index),
+        float(analytic[index]),
+        float(numeric[index]),
+    )
+
+
+def draw_away_from_kinks(layer: Layer, draw, rng, margin: float = 1e-3, attempts: int = 100):
+    """Call ``draw(rng)`` for inputs until none of the layer's pre-activations is near a kink.
+
+    Returns the first input tuple whose :meth:`Layer.kink_distance` is at least ``margin``.
+    """
+    rng = as_rng(rng)
+    for _ in range(attempts):
+        inputs = draw(rng)
+        if layer.kink_distance(*inputs) >= margin:
+            return inputs
+    raise RuntimeError(f"no inputs at least {margin} from a kink in {attempts} draws")
