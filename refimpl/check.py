@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from refimpl.gradcheck import DEFAULT_TOL, gradcheck, rel_error
-from refimpl.parity import ParityUnavailable, compare_with_torch
+from refimpl.parity import ParityUnavailable, compare_with_torch, require_torchrec
 
 WITNESSES = ("symbolic", "finite-diff", "parity", "hand")
 FAMILIES = ("dot", "crossnet", "projection")
@@ -72,13 +73,11 @@ def parity_check(layer: str, config: str, build, torch_module) -> Check:
 
     def run() -> float:
         try:
-            net, inputs = build(np.random.default_rng(0))
-            module = torch_module(net)
+            require_torchrec()
         except ParityUnavailable as exc:
             raise Unavailable(str(exc)) from exc
-        except ImportError as exc:
-            raise Unavailable(f"TorchRec is not installed ({exc})") from exc
-        return max(compare_with_torch(net, module, inputs, seed=1).values())
+        net, inputs = build(np.random.default_rng(0))
+        return max(compare_with_torch(net, torch_module(net), inputs, seed=1).values())
 
     return Check(layer, config, "parity", run, PARITY_TOL)
 
@@ -98,19 +97,27 @@ def symbolic_check(layer: str, config: str, witness: Callable[[], float]) -> Che
     returns the worst relative error of refimpl against the lambdified symbolic gradient."""
 
     def run() -> float:
-        try:
-            return witness()
-        except ModuleNotFoundError as exc:  # SymPy absent
-            raise Unavailable(f"SymPy is not installed ({exc})") from exc
+        if importlib.util.find_spec("sympy") is None:
+            raise Unavailable("the symbolic witness needs SymPy: pip install -r requirements.txt")
+        return witness()
 
     return Check(layer, config, "symbolic", run, DEFAULT_TOL)
 
 
 def run_check(check: Check) -> Outcome:
+    """Run one check. A witness that raises (a failed proof, a crash) is a failure, shown with
+    its error; only :class:`Unavailable` counts as skipped."""
     try:
         return Outcome(check, float(check.run()))
     except Unavailable as exc:
         return Outcome(check, None, str(exc).splitlines()[0])
+    except Exception as exc:
+        first_line = (str(exc).splitlines() or [""])[0]
+        return Outcome(
+            check,
+            float("inf"),
+            f"{check.layer} {check.config} {check.witness}: {type(exc).__name__}: {first_line}",
+        )
 
 
 def format_table(outcomes: list[Outcome]) -> str:
@@ -127,7 +134,7 @@ def format_table(outcomes: list[Outcome]) -> str:
         for o in outcomes
     ]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    line = "  ".join("{:<%d}" % w for w in widths)
+    line = "  ".join(f"{{:<{w}}}" for w in widths)
     out = [line.format(*header), line.format(*("-" * w for w in widths))]
     out += [line.format(*r) for r in rows]
     return "\n".join(out)
@@ -170,7 +177,9 @@ def main(argv: list[str] | None = None) -> int:
         f"\n{counts['pass']} passed, {counts['FAIL']} failed, {counts['skipped']} skipped "
         f"in {time.perf_counter() - start:.1f} s"
     )
-    skipped = {o.note for o in outcomes if o.error is None}
-    for note in sorted(skipped):
+    for note in sorted({o.note for o in outcomes if o.error is None}):
         print(f"skipped: {note}")
+    for o in outcomes:
+        if o.note and o.error is not None:
+            print(f"error: {o.note}")
     return 1 if counts["FAIL"] else 0

@@ -1,4 +1,4 @@
-"""Checks for MLP, DenseArch, OverArch and InteractionProjectionArch (filled in with those layers)."""
+"""Checks for MLP, DenseArch, OverArch and InteractionProjectionArch."""
 
 
 def checks():

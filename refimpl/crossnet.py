@@ -1,0 +1,743 @@
+"""The cross networks of DCN (Deep & Cross Network), as TorchRec's ``torchrec.modules.crossnet``.
+
+Paper: DCN-V2, Wang et al. 2020, https://arxiv.org/abs/2008.13535 (the vector form is DCN-V1,
+https://arxiv.org/abs/1708.05123). Every network maps a batch ``x`` (B, N) to (B, N) by ``L``
+layers that all multiply elementwise by the *input* ``x₀``::
+
+    x_{l+1} = x₀ ⊙ c_l(x_l) + x_l        (VectorCrossNet adds its bias outside the product)
+
+where ``c_l`` is the layer's "cross": ``W x + b`` (CrossNet), ``W (V x) + b``
+(LowRankCrossNet), or a softmax-gated mixture of low-rank experts (LowRankMixtureCrossNet).
+
+Backward runs the layers in reverse. With ``dx_{l+1} = ∂L/∂x_{l+1}``, each layer hands down
+
+    dx_l  = dx_{l+1} + (∂c_l/∂x_l)ᵀ (x₀ ⊙ dx_{l+1})     (the identity path, then the cross)
+    dx₀  += c_l ⊙ dx_{l+1}                              (every layer reads x₀)
+
+and at the end ``d_input = dx_0 + dx₀``: the input is both the first ``x_l`` and the ``x₀``
+every layer multiplies by.
+
+Arrays are kept as (B, N) rows; TorchRec's trailing unit axis (B, N, 1) is dropped.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import numpy as np
+
+from refimpl._layer import (
+    Layer,
+    as_rng,
+    check_array,
+    check_positive_int,
+    linear_uniform,
+    xavier_normal,
+)
+from refimpl.activations import get_activation
+
+PAPER = "https://arxiv.org/abs/2008.13535"
+KINDS = ("CrossNet", "LowRankCrossNet", "VectorCrossNet", "LowRankMixtureCrossNet")
+
+
+class _CrossNetBase(Layer):
+    """What the four networks share: sizes, input validation, and the config string."""
+
+    input_names = ("x",)
+
+    def __init__(self, in_features: int, num_layers: int, dtype):
+        super().__init__(dtype)
+        self.in_features = check_positive_int("in_features", in_features)
+        self.num_layers = check_positive_int("num_layers", num_layers)
+
+    def _check_input(self, x: np.ndarray) -> np.ndarray:
+        return check_array("x", x, "B N", {"N": self.in_features}, self.dtype)
+
+    def _check_d_out(self, d_out: np.ndarray, xs: np.ndarray) -> np.ndarray:
+        _, batch, n = xs.shape
+        return check_array("d_out", d_out, "B N", {"B": batch, "N": n}, xs.dtype)
+
+    def _config(self) -> str:
+        return f"in_features={self.in_features}, num_layers={self.num_layers}"
+
+
+class CrossCache(NamedTuple):
+    xs: np.ndarray  # x_l entering each layer, (L, B, N); xs[0] is x₀
+    crosses: np.ndarray  # c_l = W_l x_l + b_l, (L, B, N)
+
+
+class CrossNet(_CrossNetBase):
+    """Full-rank cross network: ``x_{l+1} = x₀ ⊙ (W_l x_l + b_l) + x_l``.
+
+    DCN-V2's cross layer (https://arxiv.org/abs/2008.13535), TorchRec's
+    ``torchrec.modules.crossnet.CrossNet``.
+
+    Parameters
+    ----------
+    in_features : int
+        N, the width of the input (``(F+1)·D`` inside ``InteractionDCNArch``).
+    num_layers : int
+        L >= 1.
+    seed : int or Generator, optional
+        Initialisation as TorchRec: kernels xavier-normal, biases zero.
+    dtype : float32 or float64
+
+    Attributes
+    ----------
+    params : dict
+        ``kernels.l`` (N, N) for every layer, then ``bias.l`` (N, 1).
+
+    Notes
+    -----
+    Forward, for l = 0 … L-1, with rows ``x_l`` of shape (B, N)::
+
+        c_l     = x_l W_lᵀ + b_lᵀ                   (B, N)
+        x_{l+1} = x₀ ⊙ c_l + x_l                    (B, N)
+
+    Backward, for l = L-1 … 0, from ``dx_L = d_out``::
+
+        dc_l    = x₀ ⊙ dx_{l+1}                     (B, N)
+        dW_l    = dc_lᵀ x_l                         (N, N)
+        db_l    = Σ_batch dc_l                      (N, 1)
+        dx₀    += c_l ⊙ dx_{l+1}                    (B, N)
+        dx_l    = dx_{l+1} + dc_l W_l               (B, N)
+
+    and ``d_input = dx_0 + dx₀``.
+
+    Examples
+    --------
+    With ``W = I`` and ``b = 0`` one layer gives ``x ⊙ x + x``:
+
+    >>> net = CrossNet(in_features=2, num_layers=1)
+    >>> net.load_state_dict({"kernels.0": np.eye(2), "bias.0": np.zeros((2, 1))})
+    >>> y, cache = net.forward(np.array([[1.0, -2.0]]))
+    >>> y
+    array([[2., 2.]])
+    >>> d_x, d_params = net.backward(np.ones_like(y), cache)
+    >>> d_x                                           # 2x + 1
+    array([[ 3., -3.]])
+    """
+
+    def __init__(self, in_features: int, num_layers: int, *, seed=None, dtype=np.float64):
+        super().__init__(in_features, num_layers, dtype)
+        rng, n = as_rng(seed), self.in_features
+        for l in range(self.num_layers):
+            self._params[f"kernels.{l}"] = xavier_normal(rng, (n, n), self.dtype)
+        for l in range(self.num_layers):
+            self._params[f"bias.{l}"] = np.zeros((n, 1), self.dtype)
+
+    def forward(self, x: np.ndarray) -> tuple[np.ndarray, CrossCache]:
+        """
+        Parameters
+        ----------
+        x : ndarray, shape (B, N)
+
+        Returns
+        -------
+        out : ndarray, shape (B, N)
+        cache : CrossCache
+        """
+        x0 = self._check_input(x)
+        xs, crosses = [], []
+        x_l = x0
+        for l in range(self.num_layers):
+            cross = x_l @ self._params[f"kernels.{l}"].T + self._params[f"bias.{l}"][:, 0]  # (B, N)
+            xs.append(x_l)
+            crosses.append(cross)
+            x_l = x0 * cross + x_l  # (B, N)
+        return x_l, CrossCache(np.stack(xs), np.stack(crosses))
+
+    def backward(self, d_out: np.ndarray, cache: CrossCache):
+        """
+        Parameters
+        ----------
+        d_out : ndarray, shape (B, N)
+        cache : CrossCache from ``forward``
+
+        Returns
+        -------
+        d_x : ndarray, shape (B, N)
+        d_params : dict, keyed and shaped like ``params``
+        """
+        xs, crosses = cache
+        self._check_d_out(d_out, xs)
+        x0 = xs[0]
+        d_x, d_x0, grads = d_out, np.zeros_like(x0), {}
+        for l in reversed(range(self.num_layers)):
+            d_x, d_x0_l, layer_grads = self._layer_backward(l, d_x, x0, xs[l], crosses[l])
+            d_x0 = d_x0 + d_x0_l  # every layer multiplies by x₀
+            grads.update(layer_grads)
+        return d_x + d_x0, {k: grads[k] for k in self._params}
+
+    def _layer_backward(self, l, d_next, x0, x_l, cross):
+        """One layer in reverse: ``(dx_l, this layer's share of dx₀, its parameter grads)``."""
+        kernel = self._params[f"kernels.{l}"]  # (N, N)
+        d_cross = x0 * d_next  # (B, N)
+        grads = {
+            f"kernels.{l}": d_cross.T @ x_l,  # (N, N)
+            f"bias.{l}": d_cross.sum(axis=0)[:, None],  # (N, 1)
+        }
+        d_x = d_next + d_cross @ kernel  # identity path + cross path, (B, N)
+        return d_x, cross * d_next, grads
+
+
+class LowRankCache(NamedTuple):
+    xs: np.ndarray  # x_l entering each layer, (L, B, N)
+    projections: np.ndarray  # v_l = V_l x_l, (L, B, r)
+    crosses: np.ndarray  # c_l = W_l v_l + b_l, (L, B, N)
+
+
+class LowRankCrossNet(_CrossNetBase):
+    """Low-rank cross network: ``x_{l+1} = x₀ ⊙ (W_l (V_l x_l) + b_l) + x_l``.
+
+    DCN-V2's low-rank cross layer (https://arxiv.org/abs/2008.13535), TorchRec's
+    ``torchrec.modules.crossnet.LowRankCrossNet`` (the cross net of the DLRM DCN example).
+
+    Parameters
+    ----------
+    in_features : int
+        N.
+    num_layers : int
+        L >= 1.
+    low_rank : int
+        r >= 1, the rank of each layer's ``W_l V_l``.
+    seed : int or Generator, optional
+        Initialisation as TorchRec: kernels xavier-normal, biases zero.
+    dtype : float32 or float64
+
+    Attributes
+    ----------
+    params : dict
+        ``W_kernels.l`` (N, r), then ``V_kernels.l`` (r, N), then ``bias.l`` (N,).
+
+    Notes
+    -----
+    Forward, for l = 0 … L-1::
+
+        v_l     = x_l V_lᵀ                          (B, r)
+        c_l     = v_l W_lᵀ + b_l                    (B, N)
+        x_{l+1} = x₀ ⊙ c_l + x_l                    (B, N)
+
+    Backward, for l = L-1 … 0, from ``dx_L = d_out``::
+
+        dc_l    = x₀ ⊙ dx_{l+1}                     (B, N)
+        dW_l    = dc_lᵀ v_l                         (N, r)
+        db_l    = Σ_batch dc_l                      (N,)
+        dv_l    = dc_l W_l                          (B, r)
+        dV_l    = dv_lᵀ x_l                         (r, N)
+        dx₀    += c_l ⊙ dx_{l+1}                    (B, N)
+        dx_l    = dx_{l+1} + dv_l V_l               (B, N)
+
+    and ``d_input = dx_0 + dx₀``.
+
+    Examples
+    --------
+    >>> net = LowRankCrossNet(in_features=3, num_layers=2, low_rank=1, seed=0)
+    >>> [(k, v.shape) for k, v in net.params.items()][:3]
+    [('W_kernels.0', (3, 1)), ('W_kernels.1', (3, 1)), ('V_kernels.0', (1, 3))]
+    >>> y, cache = net.forward(np.zeros((4, 3)))  # x₀ = 0 makes every cross vanish
+    >>> float(np.abs(y).max())
+    0.0
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        num_layers: int,
+        low_rank: int = 1,
+        *,
+        seed=None,
+        dtype=np.float64,
+    ):
+        super().__init__(in_features, num_layers, dtype)
+        self.low_rank = check_positive_int("low_rank", low_rank)
+        rng, n, r = as_rng(seed), self.in_features, self.low_rank
+        for l in range(self.num_layers):
+            self._params[f"W_kernels.{l}"] = xavier_normal(rng, (n, r), self.dtype)
+        for l in range(self.num_layers):
+            self._params[f"V_kernels.{l}"] = xavier_normal(rng, (r, n), self.dtype)
+        for l in range(self.num_layers):
+            self._params[f"bias.{l}"] = np.zeros(n, self.dtype)
+
+    def _config(self) -> str:
+        return f"{super()._config()}, low_rank={self.low_rank}"
+
+    def forward(self, x: np.ndarray) -> tuple[np.ndarray, LowRankCache]:
+        """
+        Parameters
+        ----------
+        x : ndarray, shape (B, N)
+
+        Returns
+        -------
+        out : ndarray, shape (B, N)
+        cache : LowRankCache
+        """
+        x0 = self._check_input(x)
+        xs, projections, crosses = [], [], []
+        x_l = x0
+        for l in range(self.num_layers):
+            projection = x_l @ self._params[f"V_kernels.{l}"].T  # (B, r)
+            cross = projection @ self._params[f"W_kernels.{l}"].T + self._params[f"bias.{l}"]
+            xs.append(x_l)  # cross above: (B, N)
+            projections.append(projection)
+            crosses.append(cross)
+            x_l = x0 * cross + x_l  # (B, N)
+        return x_l, LowRankCache(np.stack(xs), np.stack(projections), np.stack(crosses))
+
+    def backward(self, d_out: np.ndarray, cache: LowRankCache):
+        """
+        Parameters
+        ----------
+        d_out : ndarray, shape (B, N)
+        cache : LowRankCache from ``forward``
+
+        Returns
+        -------
+        d_x : ndarray, shape (B, N)
+        d_params : dict, keyed and shaped like ``params``
+        """
+        xs, projections, crosses = cache
+        self._check_d_out(d_out, xs)
+        x0 = xs[0]
+        d_x, d_x0, grads = d_out, np.zeros_like(x0), {}
+        for l in reversed(range(self.num_layers)):
+            d_x, d_x0_l, layer_grads = self._layer_backward(
+                l, d_x, x0, xs[l], projections[l], crosses[l]
+            )
+            d_x0 = d_x0 + d_x0_l  # every layer multiplies by x₀
+            grads.update(layer_grads)
+        return d_x + d_x0, {k: grads[k] for k in self._params}
+
+    def _layer_backward(self, l, d_next, x0, x_l, projection, cross):
+        """One layer in reverse: ``(dx_l, this layer's share of dx₀, its parameter grads)``."""
+        w, v = self._params[f"W_kernels.{l}"], self._params[f"V_kernels.{l}"]  # (N, r), (r, N)
+        d_cross = x0 * d_next  # (B, N)
+        d_projection = d_cross @ w  # (B, r)
+        grads = {
+            f"W_kernels.{l}": d_cross.T @ projection,  # (N, r)
+            f"V_kernels.{l}": d_projection.T @ x_l,  # (r, N)
+            f"bias.{l}": d_cross.sum(axis=0),  # (N,)
+        }
+        d_x = d_next + d_projection @ v  # identity path + cross path, (B, N)
+        return d_x, cross * d_next, grads
+
+
+class VectorCache(NamedTuple):
+    xs: np.ndarray  # x_l entering each layer, (L, B, N)
+    scores: np.ndarray  # s_l = x_l · w_l, (L, B, 1)
+
+
+class VectorCrossNet(_CrossNetBase):
+    """Vector cross network (DCN-V1): ``x_{l+1} = x₀ (x_lᵀ w_l) + b_l + x_l``.
+
+    TorchRec's ``torchrec.modules.crossnet.VectorCrossNet``; DCN-V1
+    (https://arxiv.org/abs/1708.05123), the rank-one special case of DCN-V2
+    (https://arxiv.org/abs/2008.13535). The bias is added *outside* the product with ``x₀``:
+    that is what TorchRec's code computes (its docstring writes ``x₀ * (W·x + b)``).
+
+    Parameters
+    ----------
+    in_features : int
+        N.
+    num_layers : int
+        L >= 1.
+    seed : int or Generator, optional
+        Initialisation as TorchRec: kernels xavier-normal, biases zero.
+    dtype : float32 or float64
+
+    Attributes
+    ----------
+    params : dict
+        ``kernels.l`` (N, 1), then ``bias.l`` (N, 1).
+
+    Notes
+    -----
+    Forward, for l = 0 … L-1::
+
+        s_l     = x_l w_l                           (B, 1)   one score per sample
+        x_{l+1} = x₀ s_l + b_lᵀ + x_l               (B, N)
+
+    Backward, for l = L-1 … 0, from ``dx_L = d_out``::
+
+        ds_l    = Σ_N x₀ ⊙ dx_{l+1}                 (B, 1)
+        dw_l    = x_lᵀ ds_l                         (N, 1)
+        db_l    = Σ_batch dx_{l+1}                  (N, 1)   no x₀ factor: b sits outside
+        dx₀    += s_l dx_{l+1}                      (B, N)
+        dx_l    = dx_{l+1} + ds_l w_lᵀ              (B, N)
+
+    and ``d_input = dx_0 + dx₀``.
+
+    Examples
+    --------
+    With ``w = 0`` a layer just adds its bias:
+
+    >>> net = VectorCrossNet(in_features=2, num_layers=1)
+    >>> net.load_state_dict({"kernels.0": np.zeros((2, 1)), "bias.0": np.array([[1.0], [2.0]])})
+    >>> net(np.array([[10.0, 20.0]]))
+    array([[11., 22.]])
+    """
+
+    def __init__(self, in_features: int, num_layers: int, *, seed=None, dtype=np.float64):
+        super().__init__(in_features, num_layers, dtype)
+        rng, n = as_rng(seed), self.in_features
+        for l in range(self.num_layers):
+            self._params[f"kernels.{l}"] = xavier_normal(rng, (n, 1), self.dtype)
+        for l in range(self.num_layers):
+            self._params[f"bias.{l}"] = np.zeros((n, 1), self.dtype)
+
+    def forward(self, x: np.ndarray) -> tuple[np.ndarray, VectorCache]:
+        """
+        Parameters
+        ----------
+        x : ndarray, shape (B, N)
+
+        Returns
+        -------
+        out : ndarray, shape (B, N)
+        cache : VectorCache
+        """
+        x0 = self._check_input(x)
+        xs, scores = [], []
+        x_l = x0
+        for l in range(self.num_layers):
+            score = x_l @ self._params[f"kernels.{l}"]  # (B, 1)
+            xs.append(x_l)
+            scores.append(score)
+            x_l = x0 * score + self._params[f"bias.{l}"][:, 0] + x_l  # (B, N)
+        return x_l, VectorCache(np.stack(xs), np.stack(scores))
+
+    def backward(self, d_out: np.ndarray, cache: VectorCache):
+        """
+        Parameters
+        ----------
+        d_out : ndarray, shape (B, N)
+        cache : VectorCache from ``forward``
+
+        Returns
+        -------
+        d_x : ndarray, shape (B, N)
+        d_params : dict, keyed and shaped like ``params``
+        """
+        xs, scores = cache
+        self._check_d_out(d_out, xs)
+        x0 = xs[0]
+        d_x, d_x0, grads = d_out, np.zeros_like(x0), {}
+        for l in reversed(range(self.num_layers)):
+            d_x, d_x0_l, layer_grads = self._layer_backward(l, d_x, x0, xs[l], scores[l])
+            d_x0 = d_x0 + d_x0_l  # every layer multiplies by x₀
+            grads.update(layer_grads)
+        return d_x + d_x0, {k: grads[k] for k in self._params}
+
+    def _layer_backward(self, l, d_next, x0, x_l, score):
+        """One layer in reverse: ``(dx_l, this layer's share of dx₀, its parameter grads)``."""
+        kernel = self._params[f"kernels.{l}"]  # (N, 1)
+        d_score = np.sum(x0 * d_next, axis=1, keepdims=True)  # (B, 1)
+        grads = {
+            f"kernels.{l}": x_l.T @ d_score,  # (N, 1)
+            f"bias.{l}": d_next.sum(axis=0)[:, None],  # (N, 1)
+        }
+        d_x = d_next + d_score @ kernel.T  # identity path + score path, (B, N)
+        return d_x, score * d_next, grads
+
+
+class MixtureCache(NamedTuple):
+    xs: np.ndarray  # x_l entering each layer, (L, B, N)
+    pre1: np.ndarray  # a_l = V_l x_l, per expert, (L, B, K, r)
+    act1: np.ndarray  # g(a_l), (L, B, K, r)
+    pre2: np.ndarray  # e_l = C_l g(a_l), (L, B, K, r)
+    act2: np.ndarray  # g(e_l), (L, B, K, r)
+    crosses: np.ndarray  # c_l = U_l g(e_l) + b_l, per expert, (L, B, K, N)
+    probs: np.ndarray  # softmax of the gate logits, (L, B, K); all ones when K = 1
+
+
+class LowRankMixtureCrossNet(_CrossNetBase):
+    """Mixture of low-rank cross experts with softmax gating (DCN-V2's DCN-Mix).
+
+    DCN-V2 (https://arxiv.org/abs/2008.13535), TorchRec's
+    ``torchrec.modules.crossnet.LowRankMixtureCrossNet``. Expert k of layer l is
+    ``x₀ ⊙ (U_lk g(C_lk g(V_lk x_l)) + b_l)``; the layer adds the softmax-weighted sum of its
+    experts to ``x_l``. The gate weights are one set shared by every layer. With K = 1 there is
+    no gate at all (TorchRec skips it): ``x_{l+1} = expert + x_l``.
+
+    Parameters
+    ----------
+    in_features : int
+        N.
+    num_layers : int
+        L >= 1.
+    num_experts : int
+        K >= 1.
+    low_rank : int
+        r >= 1.
+    activation : {"relu", "tanh", "identity"}
+        g, by name (see :mod:`refimpl.activations`). TorchRec takes a callable (default
+        ``torch.relu``); a callable here is a TypeError.
+    seed : int or Generator, optional
+        Initialisation as TorchRec: kernels xavier-normal (torch's fan rule for 3-D tensors),
+        biases zero, gates ``nn.Linear``'s U(±1/√N).
+    dtype : float32 or float64
+
+    Attributes
+    ----------
+    params : dict
+        ``U_kernels.l`` (K, N, r), ``V_kernels.l`` (K, r, N), ``bias.l`` (N, 1),
+        ``gates.k.weight`` (1, N) for k < K only when K > 1, then ``C_kernels.l`` (K, r, r)
+        — TorchRec's order.
+
+    Notes
+    -----
+    Forward, for l = 0 … L-1, every expert k at once (G stacks the K gate rows, (K, N))::
+
+        a_lk    = V_lk x_l                          (B, K, r)
+        e_lk    = C_lk g(a_lk)                      (B, K, r)
+        c_lk    = U_lk g(e_lk) + b_l                (B, K, N)
+        p_l     = softmax_k(x_l Gᵀ)                 (B, K)    (p_l = 1 when K = 1)
+        x_{l+1} = Σ_k p_lk (x₀ ⊙ c_lk) + x_l        (B, N)
+
+    Backward, for l = L-1 … 0, from ``dx_L = d_out``::
+
+        dp_lk   = (x₀ ⊙ c_lk) · dx_{l+1}            (B, K)
+        dz_l    = p_l ⊙ (dp_l − Σ_k p_lk dp_lk)     (B, K)    softmax backward (K > 1)
+        dG     += dz_lᵀ x_l                         (K, N)    summed over layers: shared
+        dc_lk   = p_lk x₀ ⊙ dx_{l+1}                (B, K, N)
+        dU_lk   = Σ_batch dc_lkᵀ g(e_lk)            (K, N, r)
+        db_l    = Σ_batch,k dc_lk                   (N, 1)
+        de_lk   = g'(e_lk) ⊙ U_lkᵀ dc_lk            (B, K, r)
+        dC_lk   = Σ_batch de_lk g(a_lk)ᵀ            (K, r, r)
+        da_lk   = g'(a_lk) ⊙ C_lkᵀ de_lk            (B, K, r)
+        dV_lk   = Σ_batch da_lk x_lᵀ                (K, r, N)
+        dx₀    += Σ_k p_lk c_lk ⊙ dx_{l+1}          (B, N)
+        dx_l    = dx_{l+1} + Σ_k V_lkᵀ da_lk + dz_l G   (B, N)
+
+    and ``d_input = dx_0 + dx₀``.
+
+    Examples
+    --------
+    >>> net = LowRankMixtureCrossNet(8, 2, num_experts=3, low_rank=2, activation="tanh", seed=0)
+    >>> [k for k in net.params if k.startswith("gates")]
+    ['gates.0.weight', 'gates.1.weight', 'gates.2.weight']
+    >>> y, cache = net.forward(np.ones((5, 8)))
+    >>> cache.probs.shape, np.allclose(cache.probs.sum(axis=-1), 1.0)
+    ((2, 5, 3), True)
+    >>> d_x, d_params = net.backward(np.ones_like(y), cache)
+    >>> d_params["gates.0.weight"].shape
+    (1, 8)
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        num_layers: int,
+        num_experts: int = 1,
+        low_rank: int = 1,
+        activation: str = "relu",
+        *,
+        seed=None,
+        dtype=np.float64,
+    ):
+        super().__init__(in_features, num_layers, dtype)
+        self.num_experts = check_positive_int("num_experts", num_experts)
+        self.low_rank = check_positive_int("low_rank", low_rank)
+        self._activation = get_activation(activation)
+        self.activation = self._activation.name
+        rng, n, k, r = as_rng(seed), self.in_features, self.num_experts, self.low_rank
+        for l in range(self.num_layers):
+            self._params[f"U_kernels.{l}"] = xavier_normal(rng, (k, n, r), self.dtype)
+        for l in range(self.num_layers):
+            self._params[f"V_kernels.{l}"] = xavier_normal(rng, (k, r, n), self.dtype)
+        for l in range(self.num_layers):
+            self._params[f"bias.{l}"] = np.zeros((n, 1), self.dtype)
+        if k > 1:
+            for i in range(k):
+                self._params[f"gates.{i}.weight"] = linear_uniform(rng, (1, n), n, self.dtype)
+        for l in range(self.num_layers):
+            self._params[f"C_kernels.{l}"] = xavier_normal(rng, (k, r, r), self.dtype)
+
+    def _config(self) -> str:
+        return (
+            f"{super()._config()}, num_experts={self.num_experts}, low_rank={self.low_rank}, "
+            f"activation={self.activation!r}"
+        )
+
+    def _gates(self) -> np.ndarray:
+        """The K gate rows stacked, (K, N)."""
+        return np.concatenate([self._params[f"gates.{i}.weight"] for i in range(self.num_experts)])
+
+    def forward(self, x: np.ndarray) -> tuple[np.ndarray, MixtureCache]:
+        """
+        Parameters
+        ----------
+        x : ndarray, shape (B, N)
+
+        Returns
+        -------
+        out : ndarray, shape (B, N)
+        cache : MixtureCache
+        """
+        x0 = self._check_input(x)
+        g = self._activation.forward
+        gates = self._gates() if self.num_experts > 1 else None  # (K, N)
+        saved = []
+        x_l = x0
+        for l in range(self.num_layers):
+            u, v, c = (self._params[f"{name}_kernels.{l}"] for name in "UVC")
+            pre1 = np.einsum("krn,bn->bkr", v, x_l)  # (B, K, r)
+            act1 = g(pre1)  # (B, K, r)
+            pre2 = np.einsum("krs,bks->bkr", c, act1)  # (B, K, r)
+            act2 = g(pre2)  # (B, K, r)
+            expert = np.einsum("knr,bkr->bkn", u, act2)  # (B, K, N)
+            cross = expert + self._params[f"bias.{l}"][:, 0]  # (B, K, N)
+            if gates is None:
+                probs = np.ones((x0.shape[0], 1), self.dtype)  # (B, 1): no gating when K = 1
+            else:
+                probs = softmax(x_l @ gates.T)  # (B, K)
+            saved.append((x_l, pre1, act1, pre2, act2, cross, probs))
+            mix = np.einsum("bk,bkn->bn", probs, cross)  # (B, N)
+            x_l = x0 * mix + x_l  # Σ_k p_k (x₀ ⊙ c_k) = x₀ ⊙ Σ_k p_k c_k, (B, N)
+        return x_l, MixtureCache(*(np.stack(arrays) for arrays in zip(*saved, strict=True)))
+
+    def backward(self, d_out: np.ndarray, cache: MixtureCache):
+        """
+        Parameters
+        ----------
+        d_out : ndarray, shape (B, N)
+        cache : MixtureCache from ``forward``
+
+        Returns
+        -------
+        d_x : ndarray, shape (B, N)
+        d_params : dict, keyed and shaped like ``params``
+        """
+        self._check_d_out(d_out, cache.xs)
+        x0 = cache.xs[0]
+        gates = self._gates() if self.num_experts > 1 else None  # (K, N)
+        d_x, d_x0, grads = d_out, np.zeros_like(x0), {}
+        d_gates = None if gates is None else np.zeros_like(gates)  # (K, N)
+        for l in reversed(range(self.num_layers)):
+            layer_cache = tuple(array[l] for array in cache)
+            d_x, d_x0_l, layer_grads, d_gates_l = self._layer_backward(
+                l, d_x, x0, gates, *layer_cache
+            )
+            d_x0 = d_x0 + d_x0_l  # every layer multiplies by x₀
+            grads.update(layer_grads)
+            if d_gates is not None:
+                d_gates = d_gates + d_gates_l  # one set of gates serves every layer
+        if d_gates is not None:
+            for i in range(self.num_experts):
+                grads[f"gates.{i}.weight"] = d_gates[i : i + 1]  # (1, N)
+        return d_x + d_x0, {k: grads[k] for k in self._params}
+
+    def _layer_backward(self, l, d_next, x0, gates, x_l, pre1, act1, pre2, act2, cross, probs):
+        """One layer in reverse: ``(dx_l, share of dx₀, parameter grads, gate grad or None)``."""
+        u, v, c = (self._params[f"{name}_kernels.{l}"] for name in "UVC")
+        derivative = self._activation.derivative
+        d_x = d_next  # the identity path
+        d_gates = None
+        if gates is not None:
+            d_probs = np.einsum("bkn,bn->bk", cross, x0 * d_next)  # (B, K)
+            d_logits = probs * (d_probs - np.sum(probs * d_probs, axis=1, keepdims=True))  # (B, K)
+            d_gates = d_logits.T @ x_l  # (K, N)
+            d_x = d_x + d_logits @ gates  # the gate path, (B, N)
+        d_cross = probs[:, :, None] * (x0 * d_next)[:, None, :]  # (B, K, N)
+        d_act2 = np.einsum("knr,bkn->bkr", u, d_cross)  # (B, K, r)
+        d_pre2 = d_act2 * derivative(pre2, act2)  # (B, K, r)
+        d_act1 = np.einsum("krs,bkr->bks", c, d_pre2)  # (B, K, r)
+        d_pre1 = d_act1 * derivative(pre1, act1)  # (B, K, r)
+        grads = {
+            f"U_kernels.{l}": np.einsum("bkn,bkr->knr", d_cross, act2),  # (K, N, r)
+            f"V_kernels.{l}": np.einsum("bkr,bn->krn", d_pre1, x_l),  # (K, r, N)
+            f"bias.{l}": d_cross.sum(axis=(0, 1))[:, None],  # (N, 1)
+            f"C_kernels.{l}": np.einsum("bkr,bks->krs", d_pre2, act1),  # (K, r, r)
+        }
+        d_x = d_x + np.einsum("krn,bkr->bn", v, d_pre1)  # the expert path, (B, N)
+        d_x0 = np.einsum("bk,bkn->bn", probs, cross) * d_next  # (B, N)
+        return d_x, d_x0, grads, d_gates
+
+    def kink_distance(self, x: np.ndarray) -> float:
+        """Smallest |pre-activation| of either activation, over all layers and experts.
+
+        ``inf`` unless the activation is ReLU. A second pre-activation ``C g(a)`` whose input
+        ``g(a)`` is entirely zero (every entry of ``a`` strictly negative) is identically zero
+        near this point, not at a kink, and is left out: with r = 1 that happens for about half
+        of all (sample, expert) pairs and would otherwise refuse almost every input.
+        """
+        if not self._activation.kinked:
+            return float("inf")
+        _, cache = self.forward(x)
+        live = np.any(cache.act1 != 0, axis=-1, keepdims=True)  # (L, B, K, 1)
+        distances = [np.abs(cache.pre1).min()]
+        if live.any():
+            distances.append(np.abs(np.where(live, cache.pre2, np.inf)).min())
+        return float(min(distances))
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Softmax over the last axis, shifted by the row maximum so ``exp`` never overflows.
+
+    >>> softmax(np.array([[1e4, -1e4, 0.0]]))
+    array([[1., 0., 0.]])
+    """
+    shifted = logits - logits.max(axis=-1, keepdims=True)  # every entry <= 0
+    weights = np.exp(shifted)
+    return weights / weights.sum(axis=-1, keepdims=True)
+
+
+def crossnet_loop(
+    x: np.ndarray, params: dict[str, np.ndarray], kind: str, activation: str = "relu"
+) -> np.ndarray:
+    """Any of the four cross networks written as plain loops over samples, layers and sums.
+
+    Slow, obvious and independent of the vectorized layers, which are tested against it.
+    ``params`` is a ``params``/``state_dict`` mapping; the layer count, rank and number of
+    experts are read from its shapes. ``activation`` only matters for the mixture.
+
+    >>> params = {"kernels.0": np.eye(2), "bias.0": np.zeros((2, 1))}
+    >>> crossnet_loop(np.array([[1.0, -2.0]]), params, "CrossNet")
+    array([[2., 2.]])
+    """
+    if kind not in KINDS:
+        raise ValueError(f"kind: expected one of {KINDS}, got {kind!r}")
+    g = {"relu": lambda z: max(z, 0.0), "tanh": math.tanh, "identity": lambda z: z}[activation]
+    p = {k: np.asarray(v, dtype=np.float64).tolist() for k, v in params.items()}
+    num_layers = sum(k.startswith("bias.") for k in params)
+    num_gates = sum(k.startswith("gates.") for k in params)
+
+    def matvec(matrix, vector):
+        return [sum(m * v for m, v in zip(row, vector, strict=True)) for row in matrix]
+
+    out = []
+    for sample in np.asarray(x, dtype=np.float64).tolist():
+        x0 = list(sample)
+        xl = list(sample)
+        n = len(x0)
+        for l in range(num_layers):
+            if kind == "CrossNet":
+                wx = matvec(p[f"kernels.{l}"], xl)
+                xl = [x0[i] * (wx[i] + p[f"bias.{l}"][i][0]) + xl[i] for i in range(n)]
+            elif kind == "LowRankCrossNet":
+                wvx = matvec(p[f"W_kernels.{l}"], matvec(p[f"V_kernels.{l}"], xl))
+                xl = [x0[i] * (wvx[i] + p[f"bias.{l}"][i]) + xl[i] for i in range(n)]
+            elif kind == "VectorCrossNet":
+                score = sum(xl[i] * p[f"kernels.{l}"][i][0] for i in range(n))
+                xl = [x0[i] * score + p[f"bias.{l}"][i][0] + xl[i] for i in range(n)]
+            else:
+                experts = []
+                for k in range(len(p[f"U_kernels.{l}"])):
+                    hidden = [g(a) for a in matvec(p[f"V_kernels.{l}"][k], xl)]
+                    hidden = [g(e) for e in matvec(p[f"C_kernels.{l}"][k], hidden)]
+                    uh = matvec(p[f"U_kernels.{l}"][k], hidden)
+                    experts.append([x0[i] * (uh[i] + p[f"bias.{l}"][i][0]) for i in range(n)])
+                if num_gates:
+                    logits = [matvec(p[f"gates.{k}.weight"], xl)[0] for k in range(num_gates)]
+                    top = max(logits)
+                    weights = [math.exp(z - top) for z in logits]
+                    total = sum(weights)
+                    weights = [w / total for w in weights]
+                else:
+                    weights = [1.0]
+                mix = [sum(w * e[i] for w, e in zip(weights, experts, strict=True)) for i in range(n)]
+                xl = [mix[i] + xl[i] for i in range(n)]
+        out.append(xl)
+    return np.array(out, dtype=x.dtype)
