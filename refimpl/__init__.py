@@ -8,14 +8,35 @@ parameter gradients.
 
 from refimpl._layer import Layer
 from refimpl.activations import ACTIVATIONS, get_activation
+from refimpl.crossnet import (
+    CrossNet,
+    LowRankCrossNet,
+    LowRankMixtureCrossNet,
+    VectorCrossNet,
+    crossnet_loop,
+)
+from refimpl.dcn import InteractionDCNArch
 from refimpl.dot import InteractionArch, pair_indices
 from refimpl.gradcheck import GradCheckResult, gradcheck, rel_error
+from refimpl.mlp import MLP, DenseArch, Linear, OverArch
+from refimpl.projection import InteractionProjectionArch
 
 __all__ = [
     "ACTIVATIONS",
+    "MLP",
+    "CrossNet",
+    "DenseArch",
     "GradCheckResult",
     "InteractionArch",
+    "InteractionDCNArch",
+    "InteractionProjectionArch",
     "Layer",
+    "Linear",
+    "LowRankCrossNet",
+    "LowRankMixtureCrossNet",
+    "OverArch",
+    "VectorCrossNet",
+    "crossnet_loop",
     "get_activation",
     "gradcheck",
     "pair_indices",

@@ -2,7 +2,7 @@
 
 import sys
 
-COMMANDS = {"check": "refimpl.check"}
+COMMANDS = {"check": "refimpl.check", "bench": "refimpl.bench"}
 
 
 def main(argv: list[str]) -> int:

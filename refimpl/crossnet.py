@@ -279,8 +279,9 @@ class LowRankCrossNet(_CrossNetBase):
         x_l = x0
         for l in range(self.num_layers):
             projection = x_l @ self._params[f"V_kernels.{l}"].T  # (B, r)
-            cross = projection @ self._params[f"W_kernels.{l}"].T + self._params[f"bias.{l}"]
-            xs.append(x_l)  # cross above: (B, N)
+            lifted = projection @ self._params[f"W_kernels.{l}"].T  # (B, N)
+            cross = lifted + self._params[f"bias.{l}"]  # (B, N)
+            xs.append(x_l)
             projections.append(projection)
             crosses.append(cross)
             x_l = x0 * cross + x_l  # (B, N)
@@ -737,7 +738,9 @@ def crossnet_loop(
                     weights = [w / total for w in weights]
                 else:
                     weights = [1.0]
-                mix = [sum(w * e[i] for w, e in zip(weights, experts, strict=True)) for i in range(n)]
+                mix = [
+                    sum(w * e[i] for w, e in zip(weights, experts, strict=True)) for i in range(n)
+                ]
                 xl = [mix[i] + xl[i] for i in range(n)]
         out.append(xl)
     return np.array(out, dtype=x.dtype)

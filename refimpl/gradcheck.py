@@ -2,12 +2,18 @@
 
 The loss is ``L = sum(G * out)`` for a random upstream gradient ``G``, so ``dL/d out = G`` and
 the layer's ``backward(G, cache)`` must equal the numerical derivative of ``L`` with respect to
-every input element and every parameter element. Derivatives are central differences,
+every input element and every parameter element. Derivatives are central differences in
+float64. The textbook two-point rule
 
-    dL/dθ ≈ (L(θ + h) − L(θ − h)) / 2h,
+    dL/dθ ≈ (L(θ + h) − L(θ − h)) / 2h
 
-in float64, whose error is O(h²) truncation plus O(ε/h) round-off (notebook 00 plots the V this
-makes). Agreement is measured per element by :func:`rel_error`.
+errs by O(h²) truncation plus O(ε/h) round-off (notebook 00 plots the V this makes); its best
+error, about 1e-10 of the loss's scale, is not enough for an elementwise relative error of 1e-7
+on gradient entries that are small because their terms nearly cancel. So ``gradcheck`` uses the
+fourth-order rule, ``(L(θ−2h) − 8L(θ−h) + 8L(θ+h) − L(θ+2h)) / 12h``, with h = 1e-3: truncation
+O(h⁴) (zero for polynomials of degree ≤ 4) and round-off ~1e-13; and it differences the
+layer's outputs before weighting them by G, so outputs the perturbed element does not touch
+add no round-off. Agreement is measured per element by :func:`rel_error`.
 
 >>> import refimpl
 >>> arch = refimpl.InteractionArch(num_sparse_features=2)
@@ -27,7 +33,7 @@ import numpy as np
 
 from refimpl._layer import Layer, as_rng
 
-DEFAULT_STEP = 1e-6
+DEFAULT_STEP = 1e-3
 DEFAULT_TOL = 1e-7
 
 
@@ -94,30 +100,49 @@ class GradCheckResult:
         return "\n".join(lines)
 
 
-def numerical_gradient(loss, array: np.ndarray, step: float = DEFAULT_STEP) -> np.ndarray:
-    """Central-difference gradient of the scalar ``loss()`` with respect to ``array``.
+def numerical_gradient(
+    func, array: np.ndarray, step: float = DEFAULT_STEP, points: int = 4, upstream=None
+) -> np.ndarray:
+    """Central-difference gradient of ``sum(upstream * func())`` with respect to ``array``.
+
+    ``func()`` returns an array (or a scalar, with ``upstream`` left as None). ``points`` picks
+    the rule: 2 for ``(f(θ+h) − f(θ−h)) / 2h``, whose error is h² f‴/6; 4 (default) for
+    ``((f(θ−2h) − f(θ+2h)) + 8 (f(θ+h) − f(θ−h))) / 12h``, whose error is h⁴ f⁽⁵⁾/30, so it is
+    exact for polynomials up to degree 4. The outputs are differenced *before* they are
+    weighted by ``upstream`` and summed: outputs that do not depend on the perturbed element
+    then cancel exactly instead of adding their round-off to the estimate.
 
     ``array`` is perturbed in place one element at a time and restored exactly (the original
-    value is saved, not recomputed), so ``loss`` should read it by reference.
+    value is saved, not recomputed), so ``func`` should read it by reference.
 
     >>> x = np.array([1.0, -2.0])
-    >>> np.round(numerical_gradient(lambda: float(np.sum(x**3)), x), 6)
+    >>> np.round(numerical_gradient(lambda: float(np.sum(x**3)), x), 9)
     array([ 3., 12.])
+    >>> np.round(numerical_gradient(lambda: x**3, x, upstream=np.array([1.0, 0.5])), 9)
+    array([3., 6.])
     """
+    if points not in (2, 4):
+        raise ValueError(f"points: expected 2 or 4, got {points!r}")
+    weights = 1.0 if upstream is None else upstream
     grad = np.zeros_like(array, dtype=np.float64)
     if array.size == 0:
         return grad
     flat = array.reshape(-1)  # a view: writes reach `array`
     if not np.shares_memory(flat, array):
         raise ValueError("numerical_gradient: the array must be contiguous to perturb in place")
+
+    def at(offset: int):
+        flat[i] = saved + offset * step
+        return np.array(func(), dtype=np.float64)  # a copy: an output may alias the input
+
     for i in range(flat.size):
         saved = flat[i]
-        flat[i] = saved + step
-        up = loss()
-        flat[i] = saved - step
-        down = loss()
+        if points == 2:
+            change = (at(1) - at(-1)) / (2 * step)
+        else:
+            change = ((at(-2) - at(2)) + 8 * (at(1) - at(-1))) / (12 * step)
         flat[i] = saved
-        grad.reshape(-1)[i] = (up - down) / (2 * step)
+        grad.reshape(-1)[i] = np.sum(weights * change)
     return grad
 
 
@@ -128,6 +153,7 @@ def gradcheck(
     seed: int | np.random.Generator | None = 0,
     step: float = DEFAULT_STEP,
     tol: float = DEFAULT_TOL,
+    points: int = 4,
     kink_margin: float | None = None,
 ) -> GradCheckResult:
     """Compare ``layer.backward`` with central differences for every input and parameter.
@@ -145,10 +171,13 @@ def gradcheck(
         The finite-difference step ``h``.
     tol : float
         An array passes when its worst :func:`rel_error` is below ``tol``.
+    points : {2, 4}
+        The stencil (see :func:`numerical_gradient`).
     kink_margin : float, optional
         Refuse inputs whose pre-activations lie within this distance of a ReLU kink (default
-        ``1000 * step``): a central difference that straddles a kink measures the average of
-        two one-sided slopes, not the derivative, and would fail a correct backward.
+        ``10 * step``, enough for the stencil's reach of 2h times a sensitivity of up to 5): a
+        difference that straddles a kink averages two one-sided slopes, which is not the
+        derivative, and would fail a correct backward.
 
     Returns
     -------
@@ -162,7 +191,7 @@ def gradcheck(
                 f"gradcheck: parameter {name} is {value.dtype}; finite differences need "
                 "float64 (build the layer with dtype=np.float64)"
             )
-    margin = 1000 * step if kink_margin is None else kink_margin
+    margin = 10 * step if kink_margin is None else kink_margin
     distance = layer.kink_distance(*inputs)
     if distance < margin:
         raise ValueError(
@@ -184,8 +213,8 @@ def gradcheck(
             f"params has {sorted(params)}"
         )
 
-    def loss() -> float:
-        return float(np.sum(upstream * layer.forward(*inputs)[0]))
+    def output() -> np.ndarray:
+        return layer.forward(*inputs)[0]
 
     names = getattr(layer, "input_names", None) or [f"input {i}" for i in range(len(inputs))]
     checks = []
@@ -196,7 +225,7 @@ def gradcheck(
             raise ValueError(
                 f"gradcheck: gradient of {name} has shape {analytic.shape}, expected {array.shape}"
             )
-        numeric = numerical_gradient(loss, array, step)
+        numeric = numerical_gradient(output, array, step, points, upstream)
         checks.append(_compare(name, np.asarray(analytic, dtype=np.float64), numeric))
     return GradCheckResult(tuple(checks), tol=tol, step=step)
 
@@ -215,12 +244,16 @@ def _compare(name: str, analytic: np.ndarray, numeric: np.ndarray) -> ArrayCheck
     )
 
 
-def draw_away_from_kinks(layer: Layer, draw, rng, margin: float = 1e-3, attempts: int = 100):
+def draw_away_from_kinks(
+    layer: Layer, draw, rng, margin: float | None = None, attempts: int = 1000
+):
     """Call ``draw(rng)`` for inputs until none of the layer's pre-activations is near a kink.
 
-    Returns the first input tuple whose :meth:`Layer.kink_distance` is at least ``margin``.
+    Returns the first input tuple whose :meth:`Layer.kink_distance` is at least ``margin``
+    (default: the margin :func:`gradcheck` asks for at its default step).
     """
     rng = as_rng(rng)
+    margin = 10 * DEFAULT_STEP if margin is None else margin
     for _ in range(attempts):
         inputs = draw(rng)
         if layer.kink_distance(*inputs) >= margin:

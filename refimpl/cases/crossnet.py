@@ -1,5 +1,252 @@
-"""Checks for the cross networks and InteractionDCNArch (filled in with those layers)."""
+"""Checks for the four cross networks, alone and inside InteractionDCNArch.
+
+Every network is checked by all four witnesses: finite differences at several small shapes,
+a hand check of the forward against the loop version (:func:`refimpl.crossnet.crossnet_loop`),
+TorchRec parity, and the SymPy proof in ``derivations.crossnet``. The mixture is checked with
+one expert (no gate) and several, with a kinked (relu) and smooth (tanh, identity) activation.
+
+Finite-difference steps. A central difference errs by truncation, ~h² |f'''| / 6, plus
+round-off, ~ε |L| / h, and gradcheck's measure is the *worst element's* relative error, so an
+entry a thousand times smaller than its neighbours must meet 1e-7 on its own. With the
+default h = 1e-6 the round-off (~1e-10 absolute for these losses) breaks that on the small
+entries these networks produce: a weight deep inside a gated expert is a product of several
+small factors. Every cross network is affine in each single weight (``x_{l+1}`` is linear in
+``x_l`` for a fixed ``x₀``), so the weights want a large step, but a polynomial of degree L+1
+in each input, whose truncation wants a small one: h = 3e-5 (:data:`STEP`) balances the two,
+and serves the tanh mixture too, near its optimum (3ε |L| / |f'''|)^(1/3). The relu and
+identity mixtures use h = 1e-4 (:data:`PIECEWISE_STEP`): their experts are piecewise affine
+in every weight, so round-off in the weights dominates. Inputs are drawn at least 1e-3 from
+every ReLU kink (:data:`KINK_MARGIN`); a step that did straddle a kink could only make a
+correct backward fail, never a wrong one pass.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from refimpl.check import Check, hand_check, parity_check, symbolic_check
+from refimpl.crossnet import crossnet_loop
+from refimpl.dcn import InteractionDCNArch
+from refimpl.gradcheck import DEFAULT_TOL, draw_away_from_kinks, gradcheck
+
+MIX = "LowRankMixtureCrossNet"
+STEP = 3e-5  # finite-difference step (see above)
+PIECEWISE_STEP = 1e-4  # for the relu and identity mixtures
+KINK_MARGIN = 1e-3
+
+# (kind, options, [(B, N, L), ...]) for the finite-difference witness; N from 4 to 12.
+FINITE_DIFFERENCE = (
+    ("CrossNet", {}, [(2, 4, 1), (3, 6, 2), (1, 12, 3)]),
+    ("LowRankCrossNet", {"low_rank": 1}, [(2, 5, 2), (1, 12, 3)]),
+    ("LowRankCrossNet", {"low_rank": 3}, [(3, 6, 1), (2, 8, 3)]),
+    ("VectorCrossNet", {}, [(2, 4, 1), (3, 7, 2), (1, 12, 3)]),
+    (MIX, {"num_experts": 1, "low_rank": 2, "activation": "relu"}, [(3, 6, 2), (1, 9, 3)]),
+    (MIX, {"num_experts": 1, "low_rank": 1, "activation": "identity"}, [(2, 4, 3)]),
+    (MIX, {"num_experts": 2, "low_rank": 2, "activation": "tanh"}, [(2, 5, 2), (1, 8, 3)]),
+    (MIX, {"num_experts": 3, "low_rank": 1, "activation": "relu"}, [(2, 6, 2), (3, 4, 3)]),
+    (MIX, {"num_experts": 3, "low_rank": 3, "activation": "tanh"}, [(1, 12, 1), (2, 6, 3)]),
+    (MIX, {"num_experts": 2, "low_rank": 2, "activation": "identity"}, [(3, 5, 2)]),
+)
+
+# Every network once, for the hand witness and inside InteractionDCNArch.
+VARIANTS = (
+    ("CrossNet", {}),
+    ("LowRankCrossNet", {"low_rank": 2}),
+    ("VectorCrossNet", {}),
+    (MIX, {"num_experts": 1, "low_rank": 2, "activation": "relu"}),
+    (MIX, {"num_experts": 3, "low_rank": 2, "activation": "relu"}),
+    (MIX, {"num_experts": 2, "low_rank": 3, "activation": "tanh"}),
+    (MIX, {"num_experts": 2, "low_rank": 1, "activation": "identity"}),
+)
+
+# (B, F, D) for the networks inside InteractionDCNArch (N = (F+1)·D), and F = 0 (passthrough).
+DCN_SHAPES = ((2, 2, 2), (1, 3, 2), (3, 0, 4))
+
+# (kind, options) for the symbolic witness; sizes kept tiny so SymPy stays fast.
+SYMBOLIC = (
+    ("CrossNet", {}),
+    ("LowRankCrossNet", {"low_rank": 2}),
+    ("VectorCrossNet", {}),
+    (MIX, {"num_experts": 1, "low_rank": 2, "activation": "identity"}),
+    (MIX, {"num_experts": 2, "low_rank": 2, "activation": "tanh"}),
+    (MIX, {"num_experts": 2, "low_rank": 1, "activation": "relu"}),
+)
+
+# (kind, options, B, N, L) for TorchRec parity: tiny, B = 1, L = 3, K = 3, DLRM-sized N.
+PARITY = (
+    ("CrossNet", {}, 1, 4, 1),
+    ("CrossNet", {}, 3, 27, 3),
+    ("LowRankCrossNet", {"low_rank": 1}, 1, 6, 2),
+    ("LowRankCrossNet", {"low_rank": 8}, 4, 216, 3),
+    ("VectorCrossNet", {}, 1, 5, 3),
+    ("VectorCrossNet", {}, 4, 216, 2),
+    (MIX, {"num_experts": 1, "low_rank": 2, "activation": "relu"}, 2, 8, 2),
+    (MIX, {"num_experts": 3, "low_rank": 2, "activation": "relu"}, 1, 12, 3),
+    (MIX, {"num_experts": 3, "low_rank": 4, "activation": "tanh"}, 4, 216, 3),
+    (MIX, {"num_experts": 2, "low_rank": 3, "activation": "identity"}, 3, 10, 2),
+)
+
+
+def _label(kind: str, options: dict) -> str:
+    parts = []
+    if "num_experts" in options:
+        parts.append(f"K={options['num_experts']}")
+    if "low_rank" in options:
+        parts.append(f"r={options['low_rank']}")
+    if "activation" in options:
+        parts.append(options["activation"])
+    return " ".join(parts)
+
+
+def build_network(kind: str, in_features: int, num_layers: int, options: dict, rng):
+    """The network at TorchRec's initialisation, plus small random biases (TorchRec's are zero,
+    which would leave where the bias enters the forward untested)."""
+    import refimpl
+
+    net = getattr(refimpl, kind)(in_features, num_layers, **options, seed=rng)
+    for key, value in net.params.items():
+        if key.startswith("bias."):
+            value[...] = 0.1 * rng.standard_normal(value.shape)
+    return net
+
+
+def finite_difference_check(layer: str, config: str, build, activation=None) -> Check:
+    """``build(rng) -> (layer, inputs)``, checked by gradcheck with the step for its activation."""
+    step = PIECEWISE_STEP if activation in ("relu", "identity") else STEP
+
+    def run() -> float:
+        net, inputs = build(np.random.default_rng(0))
+        return gradcheck(net, inputs, seed=1, step=step, kink_margin=KINK_MARGIN).worst.rel_error
+
+    return Check(layer, config, "finite-diff", run, DEFAULT_TOL)
+
+
+def draw_input(rng, shape) -> np.ndarray:
+    """Entries of random sign and magnitude in [0.5, 1.5]: no input near zero, where it would
+    shrink every gradient it multiplies towards the finite differences' round-off."""
+    return rng.choice([-1.0, 1.0], size=shape) * rng.uniform(0.5, 1.5, size=shape)
+
+
+def _network_builder(kind, options, batch, n, num_layers):
+    def build(rng):
+        net = build_network(kind, n, num_layers, options, rng)
+        inputs = draw_away_from_kinks(net, lambda r: (draw_input(r, (batch, n)),), rng, KINK_MARGIN)
+        return net, inputs
+
+    return build
+
+
+def _dcn_builder(kind, options, batch, features, dim, num_layers=2):
+    def build(rng):
+        net = build_network(kind, (features + 1) * dim, num_layers, options, rng)
+        arch = InteractionDCNArch(features, net)
+
+        def draw(r):
+            return draw_input(r, (batch, dim)), draw_input(r, (batch, features, dim))
+
+        return arch, draw_away_from_kinks(arch, draw, rng, KINK_MARGIN)
+
+    return build
+
+
+def torch_crossnet(net):
+    """The TorchRec module matching ``net``, holding ``net``'s weights (float64)."""
+    import torch
+    from torchrec.modules import crossnet
+
+    kwargs = {"in_features": net.in_features, "num_layers": net.num_layers}
+    if hasattr(net, "low_rank"):
+        kwargs["low_rank"] = net.low_rank
+    if hasattr(net, "num_experts"):
+        kwargs["num_experts"] = net.num_experts
+        kwargs["activation"] = {
+            "relu": torch.nn.ReLU(),
+            "tanh": torch.tanh,
+            "identity": torch.nn.Identity(),
+        }[net.activation]
+    module = getattr(crossnet, type(net).__name__)(**kwargs).double()
+    module.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in net.params.items()})
+    return module
+
+
+def torch_dcn(arch: InteractionDCNArch):
+    """TorchRec's InteractionDCNArch around the matching cross network."""
+    from torchrec.models.dlrm import InteractionDCNArch as TorchInteractionDCNArch
+
+    return TorchInteractionDCNArch(arch.num_sparse_features, torch_crossnet(arch.crossnet))
+
+
+def linspace_params(net) -> None:
+    """Fill every parameter with evenly spaced values in [-0.6, 0.6] (deterministic, no RNG)."""
+    for i, value in enumerate(net.params.values()):
+        value[...] = np.linspace(-0.6, 0.6, value.size).reshape(value.shape) * (-1) ** i
+
+
+def _hand_network(kind, options, batch, n, num_layers):
+    def compute():
+        net = build_network(kind, n, num_layers, options, np.random.default_rng(0))
+        linspace_params(net)
+        x = np.linspace(-1.5, 2.0, batch * n).reshape(batch, n)  # (B, N)
+        expected = crossnet_loop(x, net.params, kind, options.get("activation", "relu"))
+        return net(x), expected
+
+    return compute
+
+
+def _hand_dcn(kind, options):
+    def compute():
+        batch, features, dim = 2, 2, 3
+        net = build_network(kind, (features + 1) * dim, 2, options, np.random.default_rng(0))
+        linspace_params(net)
+        dense = np.linspace(-1.0, 1.0, batch * dim).reshape(batch, dim)  # (B, D)
+        sparse = np.linspace(0.5, -1.5, batch * features * dim).reshape(batch, features, dim)
+        rows = [
+            list(dense[b]) + [v for f in range(features) for v in sparse[b, f]]
+            for b in range(batch)
+        ]
+        expected = crossnet_loop(
+            np.array(rows), net.params, kind, options.get("activation", "relu")
+        )
+        return InteractionDCNArch(features, net)(dense, sparse), expected
+
+    return compute
+
+
+def _symbolic(kind, options, n, num_layers):
+    def witness():
+        from derivations.crossnet import symbolic_witness
+
+        return symbolic_witness(kind, in_features=n, num_layers=num_layers, **options)
+
+    return witness
 
 
 def checks():
-    return []
+    for kind, options in SYMBOLIC:
+        config = f"N=4 L=2 {_label(kind, options)}".strip()
+        yield symbolic_check(kind, config, _symbolic(kind, options, 4, 2))
+    for kind, options, shapes in FINITE_DIFFERENCE:
+        for batch, n, num_layers in shapes:
+            config = f"B={batch} N={n} L={num_layers} {_label(kind, options)}".strip()
+            build = _network_builder(kind, options, batch, n, num_layers)
+            yield finite_difference_check(kind, config, build, options.get("activation"))
+    for kind, options in VARIANTS:
+        label = _label(kind, options)
+        config = f"B=3 N=7 L=3 {label} linspace".replace("  ", " ")
+        yield hand_check(kind, config, _hand_network(kind, options, 3, 7, 3))
+        dcn_label = f"{kind} {label}".strip()
+        yield hand_check(
+            "InteractionDCNArch", f"{dcn_label} B=2 F=2 D=3 linspace", _hand_dcn(kind, options)
+        )
+        for batch, features, dim in DCN_SHAPES:
+            build = _dcn_builder(kind, options, batch, features, dim)
+            config = f"{dcn_label} B={batch} F={features} D={dim}"
+            yield finite_difference_check(
+                "InteractionDCNArch", config, build, options.get("activation")
+            )
+        build = _dcn_builder(kind, options, 4, 26, 8)
+        yield parity_check("InteractionDCNArch", f"{dcn_label} B=4 F=26 D=8", build, torch_dcn)
+    for kind, options, batch, n, num_layers in PARITY:
+        config = f"B={batch} N={n} L={num_layers} {_label(kind, options)}".strip()
+        build = _network_builder(kind, options, batch, n, num_layers)
+        yield parity_check(kind, config, build, torch_crossnet)

@@ -51,11 +51,11 @@ def _hand_options(options):
     return compute
 
 
-def _symbolic(options):
+def _symbolic(options, num_features):
     def witness():
         from derivations.dot_interaction import symbolic_witness
 
-        return symbolic_witness(**options)
+        return symbolic_witness(**options, num_features=num_features)
 
     return witness
 
@@ -63,7 +63,11 @@ def _symbolic(options):
 def checks():
     layer = "InteractionArch"
     for label, options in _options():
-        yield symbolic_check(layer, f"B=2 F=2 D=4 {label}", _symbolic(options))
+        # F=2 is the seed's size; at F=2 triu and tril give the same output (C Cᵀ is
+        # symmetric and the two orders list the three pairs alike), so F=3 tells them apart.
+        for features in (2, 3):
+            config = f"B=2 F={features} D=4 {label}"
+            yield symbolic_check(layer, config, _symbolic(options, features))
         for batch, features, dim in SHAPES:
             config = f"B={batch} F={features} D={dim} {label}"
             yield finite_difference_check(layer, config, _builder(batch, features, dim, options))

@@ -1,5 +1,278 @@
-"""Checks for MLP, DenseArch, OverArch and InteractionProjectionArch."""
+"""Checks for Linear, MLP, DenseArch, OverArch and InteractionProjectionArch.
+
+Finite-difference steps. A central difference errs by truncation, ~h² |f'''|, plus round-off,
+~ε |L| / h. A ReLU or identity network is piecewise linear in every parameter, and the
+projection piecewise quadratic in every input (``Y Z`` is bilinear), so between kinks f''' = 0:
+the only error is round-off, and the best step is the largest that stays clear of kinks. With
+gradcheck's default h = 1e-6 that round-off (~1e-10 absolute for these losses) exceeds 1e-7
+relative on the small gradient entries these networks produce (a path through one live unit,
+a weight times a small input), so these rows use h = 1e-4 (:data:`STEP`). Inputs are drawn at
+least 1e-3 from every ReLU kink (:data:`KINK_MARGIN`); one step moves a pre-activation by at
+most h·|x| < 1e-3 for these inputs, and a step that did straddle a kink could only make a
+correct backward fail, never a wrong one pass. Tanh has f''' ≠ 0, so its rows keep the
+truncation small with h = 1e-5 (:data:`SMOOTH_STEP`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from refimpl._layer import as_rng
+from refimpl.check import Check, hand_check, parity_check, symbolic_check
+from refimpl.gradcheck import DEFAULT_TOL, draw_away_from_kinks, gradcheck
+from refimpl.mlp import MLP, DenseArch, Linear, OverArch, mlp_layers, mlp_loop
+from refimpl.projection import InteractionProjectionArch, projection_loop
+
+ACTIVATIONS = ("relu", "tanh", "identity")
+STEP = 1e-4  # finite-difference step for piecewise-linear layers (see above)
+SMOOTH_STEP = 1e-5  # for tanh
+KINK_MARGIN = 1e-3
+MLP_SIZES = ((4,), (4, 3), (4, 3, 2))  # 1–3 layers over in_features = 5
+
+# (B, F, D, branch1 layer sizes, branch2 layer sizes): the seed's D=128, F=26, [256], [512]
+# (F1 = 2, F2 = 4) scaled down to D=4, F=2, [8], [12] (F1 = 2, F2 = 3).
+PROJECTION_SHAPES = (
+    (2, 2, 4, (8,), (12,)),
+    (2, 2, 4, (6, 5, 8), (12,)),  # a branch with two hidden layers
+    (3, 1, 4, (8,), (12,)),  # F = 1
+    (1, 2, 4, (8,), (12,)),  # B = 1
+    (2, 3, 3, (9,), (5, 6)),  # D = 3, F1 = 3, F2 = 2
+    (2, 0, 4, (4,), (4,)),  # F = 0: dense passes through, branches unused
+)
+
+
+def build_projection(batch, features, dim, sizes1, sizes2, *, seed=None, dtype=np.float64):
+    """An InteractionProjectionArch with DenseArch branches, as in TorchRec's DLRM."""
+    n = (features + 1) * dim  # N
+    rng = as_rng(seed)
+    branch1 = DenseArch(n, sizes1, seed=rng, dtype=dtype)
+    branch2 = DenseArch(n, sizes2, seed=rng, dtype=dtype)
+    return InteractionProjectionArch(features, branch1, branch2)
+
+
+def _label(batch, features, dim, sizes1, sizes2) -> str:
+    return f"B={batch} F={features} D={dim} b1={list(sizes1)} b2={list(sizes2)}"
+
+
+def _mlp_label(layer_sizes, bias, activation) -> str:
+    return f"I=5 {list(layer_sizes)} {activation}" + ("" if bias else " no-bias")
+
+
+def torch_module_like(layer):
+    """The TorchRec (or torch) module with ``layer``'s configuration (weights not copied)."""
+    import torch
+    from torchrec.models.dlrm import DenseArch as TorchDenseArch
+    from torchrec.models.dlrm import InteractionProjectionArch as TorchProjectionArch
+    from torchrec.models.dlrm import OverArch as TorchOverArch
+    from torchrec.modules.mlp import MLP as TorchMLP
+
+    if isinstance(layer, Linear):
+        return torch.nn.Linear(layer.in_features, layer.out_features, bias=layer.bias)
+    if isinstance(layer, MLP):
+        activation = {"relu": "relu", "tanh": torch.tanh, "identity": torch.nn.Identity()}
+        return TorchMLP(
+            layer.in_features,
+            list(layer.layer_sizes),
+            bias=layer.bias,
+            activation=activation[layer.activation],
+            activation_on_last=layer.activation_on_last,
+        )
+    if isinstance(layer, DenseArch):
+        return TorchDenseArch(layer.in_features, list(layer.layer_sizes))
+    if isinstance(layer, OverArch):
+        return TorchOverArch(layer.in_features, list(layer.layer_sizes))
+    if isinstance(layer, InteractionProjectionArch):
+        return TorchProjectionArch(
+            layer.num_sparse_features,
+            torch_module_like(layer.interaction_branch1),
+            torch_module_like(layer.interaction_branch2),
+        )
+    raise TypeError(f"no TorchRec counterpart for {type(layer).__name__}")
+
+
+def finite_difference_check(layer: str, config: str, build, step: float = STEP) -> Check:
+    """``build(rng) -> (layer, inputs)``, checked by gradcheck with the given step."""
+
+    def run() -> float:
+        net, inputs = build(np.random.default_rng(0))
+        result = gradcheck(net, inputs, seed=1, step=step, kink_margin=KINK_MARGIN)
+        return result.worst.rel_error
+
+    return Check(layer, config, "finite-diff", run, DEFAULT_TOL)
+
+
+def _one_input_builder(make, batch):
+    """``make(rng) -> layer`` with one (B, I) input drawn away from ReLU kinks."""
+
+    def build(rng):
+        layer = make(rng)
+        inputs = draw_away_from_kinks(
+            layer, lambda r: (r.standard_normal((batch, layer.in_features)),), rng, KINK_MARGIN
+        )
+        return layer, inputs
+
+    return build
+
+
+def _projection_builder(batch, features, dim, sizes1, sizes2):
+    def build(rng):
+        arch = build_projection(batch, features, dim, sizes1, sizes2, seed=rng)
+
+        def draw(r):
+            return r.standard_normal((batch, dim)), r.standard_normal((batch, features, dim))
+
+        return arch, draw_away_from_kinks(arch, draw, rng, KINK_MARGIN)
+
+    return build
+
+
+def _linspace_input(batch, size):
+    return np.linspace(-1.5, 2.0, batch * size).reshape(batch, size)  # (B, I)
+
+
+def _hand_mlp(layer_sizes, bias, activation):
+    def compute():
+        mlp = MLP(5, layer_sizes, bias, activation, seed=0)
+        x = _linspace_input(3, 5)
+        return mlp(x), mlp_loop(x, mlp_layers(mlp.params), activation)
+
+    return compute
+
+
+def _hand_dense_arch():
+    arch = DenseArch(6, (5, 4), seed=0)
+    x = _linspace_input(3, 6)
+    return arch(x), mlp_loop(x, mlp_layers(arch.params, "model."), "relu")
+
+
+def _hand_over_arch():
+    # OverArch = an MLP whose last layer has no activation, written as one loop over all layers.
+    arch = OverArch(6, (5, 4, 2), seed=0)
+    params = arch.params
+    layers = [*mlp_layers(params, "model.0."), (params["model.1.weight"], params["model.1.bias"])]
+    x = _linspace_input(3, 6)
+    return arch(x), mlp_loop(x, layers, "relu", activation_on_last=False)
+
+
+def _hand_projection(batch, features, dim, sizes1, sizes2):
+    def compute():
+        arch = build_projection(batch, features, dim, sizes1, sizes2, seed=0)
+        layers1 = mlp_layers(arch.params, "interaction_branch1.model.")
+        layers2 = mlp_layers(arch.params, "interaction_branch2.model.")
+
+        def branch1(c):
+            return list(mlp_loop(np.array([c]), layers1, "relu")[0])
+
+        def branch2(c):
+            return list(mlp_loop(np.array([c]), layers2, "relu")[0])
+
+        dense = np.linspace(-1.0, 1.0, batch * dim).reshape(batch, dim)  # (B, D)
+        sparse = np.linspace(0.5, 2.0, batch * features * dim).reshape(batch, features, dim)
+        return arch(dense, sparse), projection_loop(dense, sparse, branch1, branch2)
+
+    return compute
+
+
+def _symbolic(kind, **config):
+    def witness():
+        from derivations.projection import symbolic_witness
+
+        return symbolic_witness(kind, **config)
+
+    return witness
 
 
 def checks():
-    return []
+    # MLP: every activation, with and without bias, 1–3 layers.
+    for activation in ACTIVATIONS:
+        for bias in (True, False):
+            for sizes in MLP_SIZES:
+                config = _mlp_label(sizes, bias, activation)
+
+                def make(rng, sizes=sizes, bias=bias, activation=activation):
+                    return MLP(5, sizes, bias, activation, seed=rng)
+
+                build = _one_input_builder(make, 3)
+                step = SMOOTH_STEP if activation == "tanh" else STEP
+                yield finite_difference_check("MLP", f"B=3 {config}", build, step)
+                yield hand_check(
+                    "MLP", f"B=3 {config} linspace", _hand_mlp(sizes, bias, activation)
+                )
+                yield parity_check(
+                    "MLP", f"B=3 {config}", _one_input_builder(make, 3), torch_module_like
+                )
+
+    def no_last(rng):
+        return MLP(5, (4, 3), activation="tanh", activation_on_last=False, seed=rng)
+
+    yield finite_difference_check(
+        "MLP", "B=3 I=5 [4, 3] tanh, not on last", _one_input_builder(no_last, 3), SMOOTH_STEP
+    )
+    yield parity_check(
+        "MLP", "B=3 I=5 [4, 3] tanh, not on last", _one_input_builder(no_last, 3), torch_module_like
+    )
+
+    def linear(rng):
+        return Linear(5, 3, seed=rng)
+
+    yield finite_difference_check("Linear", "B=3 I=5 O=3", _one_input_builder(linear, 3))
+    yield parity_check("Linear", "B=3 I=5 O=3", _one_input_builder(linear, 3), torch_module_like)
+
+    for batch, sizes in ((3, (5, 4)), (1, (4,))):
+
+        def dense_arch(rng, sizes=sizes):
+            return DenseArch(6, sizes, seed=rng)
+
+        config = f"B={batch} I=6 {list(sizes)}"
+        yield finite_difference_check("DenseArch", config, _one_input_builder(dense_arch, batch))
+        yield parity_check(
+            "DenseArch", config, _one_input_builder(dense_arch, batch), torch_module_like
+        )
+    yield hand_check("DenseArch", "B=3 I=6 [5, 4] linspace", _hand_dense_arch)
+
+    for batch, sizes in ((3, (5, 4, 2)), (1, (4, 1))):
+
+        def over_arch(rng, sizes=sizes):
+            return OverArch(6, sizes, seed=rng)
+
+        config = f"B={batch} I=6 {list(sizes)}"
+        yield finite_difference_check("OverArch", config, _one_input_builder(over_arch, batch))
+        yield parity_check(
+            "OverArch", config, _one_input_builder(over_arch, batch), torch_module_like
+        )
+    yield hand_check("OverArch", "B=3 I=6 [5, 4, 2] linspace", _hand_over_arch)
+
+    layer = "InteractionProjectionArch"
+    for shape in PROJECTION_SHAPES:
+        config = _label(*shape)
+        yield finite_difference_check(layer, config, _projection_builder(*shape))
+        yield hand_check(layer, f"{config} linspace", _hand_projection(*shape))
+        yield parity_check(layer, config, _projection_builder(*shape), torch_module_like)
+
+    yield symbolic_check(
+        "MLP",
+        "B=2 I=3 [2, 2] tanh",
+        _symbolic("MLP", batch=2, in_features=3, layer_sizes=(2, 2), activation="tanh"),
+    )
+    yield symbolic_check(
+        "DenseArch",
+        "B=2 I=3 [2, 2]",
+        _symbolic("DenseArch", batch=2, in_features=3, layer_sizes=(2, 2)),
+    )
+    yield symbolic_check(
+        "OverArch",
+        "B=2 I=3 [2, 1]",
+        _symbolic("OverArch", batch=2, in_features=3, layer_sizes=(2, 1)),
+    )
+    yield symbolic_check(
+        layer,
+        "B=2 F=2 D=4 b1=[8] b2=[12]",
+        _symbolic(
+            layer,
+            batch=2,
+            num_sparse_features=2,
+            embedding_dim=4,
+            branch1_layer_sizes=(8,),
+            branch2_layer_sizes=(12,),
+        ),
+    )

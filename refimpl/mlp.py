@@ -1,0 +1,562 @@
+"""Linear layers and TorchRec's MLP, DenseArch and OverArch, with hand-derived backward passes.
+
+``Linear`` is ``torch.nn.Linear``. ``MLP`` is ``torchrec.modules.mlp.MLP``: a stack of
+perceptrons, each a Linear followed by the activation, the last layer included.
+``DenseArch`` (``torchrec.models.dlrm.DenseArch``) wraps a ReLU MLP as ``model``; ``OverArch``
+(``torchrec.models.dlrm.OverArch``) is a ReLU MLP over all sizes but the last, then a plain
+Linear that outputs logits. Parameter keys are TorchRec's, e.g. ``_mlp.0._linear.weight``.
+
+Letters: B batch, I input features, O output features.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import NamedTuple
+
+import numpy as np
+
+from refimpl._layer import Layer, as_rng, check_array, check_positive_int, linear_uniform
+from refimpl.activations import Activation, get_activation
+
+
+def check_layer_sizes(name: str, layer_sizes) -> tuple[int, ...]:
+    """A non-empty tuple of positive ints, else a ValueError/TypeError naming the argument.
+
+    >>> check_layer_sizes("layer_sizes", [8, 4])
+    (8, 4)
+    >>> check_layer_sizes("layer_sizes", [])
+    Traceback (most recent call last):
+    ...
+    ValueError: layer_sizes: expected at least one layer size, got []
+    """
+    if isinstance(layer_sizes, str | bytes) or not isinstance(layer_sizes, Iterable):
+        raise TypeError(f"{name}: expected a list of positive integers, got {layer_sizes!r}")
+    sizes = list(layer_sizes)
+    if not sizes:
+        raise ValueError(f"{name}: expected at least one layer size, got {sizes}")
+    return tuple(check_positive_int(f"{name}[{i}]", s) for i, s in enumerate(sizes))
+
+
+def prefixed(prefix: str, grads: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A child's parameter gradients under the child's name, as ``Layer.params`` keys them."""
+    return {f"{prefix}.{k}": v for k, v in grads.items()}
+
+
+class LinearCache(NamedTuple):
+    input: np.ndarray  # x, (B, I)
+
+
+class Linear(Layer):
+    """``y = x Wᵀ + b``, as ``torch.nn.Linear``.
+
+    Parameters
+    ----------
+    in_features : int
+        I, the input size.
+    out_features : int
+        O, the output size.
+    bias : bool
+        Learn an additive bias ``b`` (key ``bias``); default True.
+    seed : int or Generator, optional
+        Draws the initial weights: ``weight`` (O, I) and ``bias`` (O,) both from
+        U(−1/√I, 1/√I), ``nn.Linear``'s default.
+    dtype : float32 or float64
+
+    Notes
+    -----
+    Forward and backward, with ``G = dL/dy`` of shape (B, O)::
+
+        y  = x Wᵀ + b          (B, O)
+        dx = G W               (B, I)
+        dW = Gᵀ x              (O, I)   summed over the batch by the matrix product
+        db = Σ_b G[b]          (O,)     b is added to every row
+
+    Examples
+    --------
+    >>> lin = Linear(2, 1)
+    >>> lin.load_state_dict({"weight": np.array([[2.0, -1.0]]), "bias": np.array([0.5])})
+    >>> y, cache = lin.forward(np.array([[1.0, 3.0]]))
+    >>> y
+    array([[-0.5]])
+    >>> d_input, d_params = lin.backward(np.ones_like(y), cache)
+    >>> d_input, d_params["weight"]
+    (array([[ 2., -1.]]), array([[1., 3.]]))
+    """
+
+    input_names = ("input",)
+
+    def __init__(
+        self, in_features: int, out_features: int, bias: bool = True, *, seed=None, dtype=np.float64
+    ):
+        super().__init__(dtype)
+        self.in_features = check_positive_int("in_features", in_features)
+        self.out_features = check_positive_int("out_features", out_features)
+        self.bias = bool(bias)
+        rng = as_rng(seed)
+        shape = (self.out_features, self.in_features)
+        self._params["weight"] = linear_uniform(rng, shape, self.in_features, self.dtype)
+        if self.bias:
+            self._params["bias"] = linear_uniform(
+                rng, (self.out_features,), self.in_features, self.dtype
+            )
+
+    def _config(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}" + (
+            "" if self.bias else ", bias=False"
+        )
+
+    def forward(self, input: np.ndarray) -> tuple[np.ndarray, LinearCache]:
+        """
+        Parameters
+        ----------
+        input : ndarray, shape (B, I)
+
+        Returns
+        -------
+        out : ndarray, shape (B, O)
+        cache : LinearCache
+        """
+        check_array("input", input, "B I", {"I": self.in_features}, self.dtype)
+        out = input @ self._params["weight"].T  # (B, O)
+        if self.bias:
+            out = out + self._params["bias"]  # (B, O), b broadcast over the batch
+        return out, LinearCache(input)
+
+    def backward(self, d_out: np.ndarray, cache: LinearCache):
+        """
+        Parameters
+        ----------
+        d_out : ndarray, shape (B, O)
+        cache : LinearCache from ``forward``
+
+        Returns
+        -------
+        d_input : ndarray, shape (B, I)
+        d_params : dict
+            ``weight`` (O, I), and ``bias`` (O,) when the layer has one.
+        """
+        (x,) = cache
+        sizes = {"B": x.shape[0], "O": self.out_features}
+        check_array("d_out", d_out, "B O", sizes, self.dtype)
+        d_input = d_out @ self._params["weight"]  # (B, I)
+        d_params = {"weight": d_out.T @ x}  # (O, I)
+        if self.bias:
+            d_params["bias"] = d_out.sum(axis=0)  # (O,)
+        return d_input, d_params
+
+
+class MLPCache(NamedTuple):
+    linears: tuple[LinearCache, ...]  # layer i's input x_i, (B, I_i)
+    pre_activations: tuple[np.ndarray, ...]  # z_i, (B, O_i)
+    outputs: tuple[np.ndarray, ...]  # x_{i+1} = g(z_i), (B, O_i)
+
+
+class MLP(Layer):
+    """A stack of perceptrons, Linear then activation on every layer, as TorchRec's ``MLP``.
+
+    Parameters
+    ----------
+    in_features : int
+        I, the input size (TorchRec calls it ``in_size``).
+    layer_sizes : list of int
+        The output size of each layer; O = ``layer_sizes[-1]``.
+    bias : bool
+        Each Linear learns a bias; default True.
+    activation : {"relu", "tanh", "identity"}
+        By name, where TorchRec takes a callable (its default ``torch.relu`` is ``"relu"``;
+        ``torch.tanh`` is ``"tanh"``; ``torch.nn.Identity()`` is ``"identity"``). TorchRec's
+        other names, ``"sigmoid"`` and ``"swish_layernorm"``, are not offered.
+    activation_on_last : bool
+        Apply the activation after the last Linear too (TorchRec's default, True).
+    seed : int or Generator, optional
+        Initialises every Linear as ``nn.Linear`` does, layer by layer.
+    dtype : float32 or float64
+
+    Notes
+    -----
+    Keys ``_mlp.i._linear.weight`` (O_i, I_i) and ``_mlp.i._linear.bias`` (O_i,), the latter
+    absent when ``bias=False``. With ``x_0 = input``, for i = 0 … L−1::
+
+        z_i     = x_i W_iᵀ + b_i          (B, O_i)
+        x_{i+1} = g(z_i)                  (B, O_i)
+
+    and ``out = x_L``. Backward runs the layers in reverse, from ``dx_L = d_out``::
+
+        dz_i = dx_{i+1} ⊙ g'(z_i)         ReLU: g' = 1 where z > 0, else 0 (0 at z = 0, as torch)
+        dW_i = dz_iᵀ x_i,   db_i = Σ_b dz_i,   dx_i = dz_i W_i
+
+    Examples
+    --------
+    >>> mlp = MLP(2, [2, 1])
+    >>> mlp.load_state_dict({
+    ...     "_mlp.0._linear.weight": np.array([[1.0, -1.0], [0.5, 0.5]]),
+    ...     "_mlp.0._linear.bias": np.array([0.0, -3.0]),
+    ...     "_mlp.1._linear.weight": np.array([[2.0, 1.0]]),
+    ...     "_mlp.1._linear.bias": np.array([0.5]),
+    ... })
+    >>> out, cache = mlp.forward(np.array([[3.0, 1.0]]))
+    >>> cache.pre_activations[0], out       # the second unit is cut by the ReLU
+    (array([[ 2., -1.]]), array([[4.5]]))
+    >>> d_input, d_params = mlp.backward(np.ones_like(out), cache)
+    >>> d_input                              # only the first unit's path: 2 * [1, -1]
+    array([[ 2., -2.]])
+    """
+
+    input_names = ("input",)
+
+    def __init__(
+        self,
+        in_features: int,
+        layer_sizes: Sequence[int],
+        bias: bool = True,
+        activation: str = "relu",
+        *,
+        activation_on_last: bool = True,
+        seed=None,
+        dtype=np.float64,
+    ):
+        super().__init__(dtype)
+        self.in_features = check_positive_int("in_features", in_features)
+        self.layer_sizes = check_layer_sizes("layer_sizes", layer_sizes)
+        self.bias = bool(bias)
+        act = get_activation(activation)
+        self.activation = act.name
+        self.activation_on_last = bool(activation_on_last)
+        rng = as_rng(seed)
+        fan_ins = (self.in_features, *self.layer_sizes[:-1])
+        for i, (fan_in, size) in enumerate(zip(fan_ins, self.layer_sizes, strict=True)):
+            linear = Linear(fan_in, size, self.bias, seed=rng, dtype=self.dtype)
+            self._children[f"_mlp.{i}._linear"] = linear
+        last = len(self.layer_sizes) - 1
+        identity = get_activation("identity")
+        self._activations: tuple[Activation, ...] = tuple(
+            identity if i == last and not self.activation_on_last else act
+            for i in range(len(self.layer_sizes))
+        )
+
+    @property
+    def out_features(self) -> int:
+        return self.layer_sizes[-1]
+
+    @property
+    def linears(self) -> list[Linear]:
+        """The Linear of each layer, in order."""
+        return [self._children[f"_mlp.{i}._linear"] for i in range(len(self.layer_sizes))]
+
+    def _config(self) -> str:
+        extra = "" if self.bias else ", bias=False"
+        extra += f", activation={self.activation!r}" if self.activation != "relu" else ""
+        extra += "" if self.activation_on_last else ", activation_on_last=False"
+        return f"in_features={self.in_features}, layer_sizes={list(self.layer_sizes)}{extra}"
+
+    def forward(self, input: np.ndarray) -> tuple[np.ndarray, MLPCache]:
+        """
+        Parameters
+        ----------
+        input : ndarray, shape (B, I)
+
+        Returns
+        -------
+        out : ndarray, shape (B, O)
+        cache : MLPCache
+        """
+        check_array("input", input, "B I", {"I": self.in_features}, self.dtype)
+        x = input  # x_0, (B, I)
+        linears, pre_activations, outputs = [], [], []
+        for linear, act in zip(self.linears, self._activations, strict=True):
+            z, linear_cache = linear.forward(x)  # (B, O_i)
+            x = act.forward(z)  # x_{i+1}, (B, O_i)
+            linears.append(linear_cache)
+            pre_activations.append(z)
+            outputs.append(x)
+        return x, MLPCache(tuple(linears), tuple(pre_activations), tuple(outputs))
+
+    def backward(self, d_out: np.ndarray, cache: MLPCache):
+        """
+        Parameters
+        ----------
+        d_out : ndarray, shape (B, O)
+        cache : MLPCache from ``forward``
+
+        Returns
+        -------
+        d_input : ndarray, shape (B, I)
+        d_params : dict keyed like ``params``
+        """
+        linears, pre_activations, outputs = cache
+        sizes = {"B": pre_activations[0].shape[0], "O": self.out_features}
+        check_array("d_out", d_out, "B O", sizes, self.dtype)
+        d_params = {}
+        dx = d_out  # dx_L, (B, O)
+        for i in reversed(range(len(self.layer_sizes))):
+            act = self._activations[i]
+            dz = dx * act.derivative(pre_activations[i], outputs[i])  # (B, O_i)
+            dx, d_linear = self.linears[i].backward(dz, linears[i])  # dx_i, (B, I_i)
+            d_params.update(prefixed(f"_mlp.{i}._linear", d_linear))
+        return dx, {k: d_params[k] for k in self.params}
+
+    def kink_distance(self, input: np.ndarray) -> float:
+        """Smallest |z_i| over the layers whose activation has a kink (ReLU), else inf."""
+        _, cache = self.forward(input)
+        distances = [
+            float(np.min(np.abs(z)))
+            for z, act in zip(cache.pre_activations, self._activations, strict=True)
+            if act.kinked and z.size
+        ]
+        return min(distances, default=float("inf"))
+
+
+class DenseArch(Layer):
+    """TorchRec's ``DenseArch``: a ReLU MLP with biases, held as the child ``model``.
+
+    Parameters
+    ----------
+    in_features : int
+        I, the input size.
+    layer_sizes : list of int
+        The MLP's layer sizes; O = ``layer_sizes[-1]``.
+    seed : int or Generator, optional
+    dtype : float32 or float64
+
+    Notes
+    -----
+    Keys ``model._mlp.i._linear.weight`` and ``model._mlp.i._linear.bias``; forward and
+    backward are the MLP's (see :class:`MLP`).
+
+    Examples
+    --------
+    >>> arch = DenseArch(12, [8, 4], seed=0)
+    >>> list(arch.params)[:2]
+    ['model._mlp.0._linear.weight', 'model._mlp.0._linear.bias']
+    >>> arch(np.zeros((3, 12))).shape
+    (3, 4)
+    """
+
+    input_names = ("features",)
+
+    def __init__(
+        self, in_features: int, layer_sizes: Sequence[int], *, seed=None, dtype=np.float64
+    ):
+        super().__init__(dtype)
+        self._children["model"] = MLP(
+            in_features, layer_sizes, bias=True, activation="relu", seed=seed, dtype=self.dtype
+        )
+
+    @property
+    def model(self) -> MLP:
+        return self._children["model"]
+
+    @property
+    def in_features(self) -> int:
+        return self.model.in_features
+
+    @property
+    def out_features(self) -> int:
+        return self.model.out_features
+
+    @property
+    def layer_sizes(self) -> tuple[int, ...]:
+        return self.model.layer_sizes
+
+    def _config(self) -> str:
+        return f"in_features={self.in_features}, layer_sizes={list(self.layer_sizes)}"
+
+    def forward(self, features: np.ndarray) -> tuple[np.ndarray, MLPCache]:
+        """
+        Parameters
+        ----------
+        features : ndarray, shape (B, I)
+
+        Returns
+        -------
+        out : ndarray, shape (B, O)
+        cache : MLPCache (the model's)
+        """
+        check_array("features", features, "B I", {"I": self.in_features}, self.dtype)
+        return self.model.forward(features)
+
+    def backward(self, d_out: np.ndarray, cache: MLPCache):
+        """
+        Parameters
+        ----------
+        d_out : ndarray, shape (B, O)
+        cache : MLPCache from ``forward``
+
+        Returns
+        -------
+        d_features : ndarray, shape (B, I)
+        d_params : dict keyed like ``params``
+        """
+        d_features, d_model = self.model.backward(d_out, cache)
+        return d_features, prefixed("model", d_model)
+
+    def kink_distance(self, features: np.ndarray) -> float:
+        return self.model.kink_distance(features)
+
+
+class OverArchCache(NamedTuple):
+    mlp: MLPCache  # model.0
+    linear: LinearCache  # model.1
+
+
+class OverArch(Layer):
+    """TorchRec's ``OverArch``: a ReLU MLP over all sizes but the last, then a plain Linear.
+
+    Parameters
+    ----------
+    in_features : int
+        I, the input size.
+    layer_sizes : list of int
+        At least two sizes; the last is the number of logits O.
+    seed : int or Generator, optional
+    dtype : float32 or float64
+
+    Notes
+    -----
+    ``model.0`` = ``MLP(in_features, layer_sizes[:-1])`` (keys ``model.0._mlp.i._linear.*``)
+    and ``model.1`` = ``Linear(layer_sizes[-2], layer_sizes[-1])`` (keys ``model.1.weight``,
+    ``model.1.bias``). The logits carry no activation: ``out = model.1(model.0(x))``, i.e. an
+    MLP with ``activation_on_last=False``. Backward runs ``model.1`` then ``model.0``.
+
+    Examples
+    --------
+    >>> arch = OverArch(6, [4, 3, 1], seed=0)
+    >>> [k for k in arch.params if k.startswith("model.1")]
+    ['model.1.weight', 'model.1.bias']
+    >>> arch(np.zeros((2, 6))).shape
+    (2, 1)
+    """
+
+    input_names = ("features",)
+
+    def __init__(
+        self, in_features: int, layer_sizes: Sequence[int], *, seed=None, dtype=np.float64
+    ):
+        super().__init__(dtype)
+        sizes = check_layer_sizes("layer_sizes", layer_sizes)
+        if len(sizes) < 2:
+            raise ValueError(
+                f"layer_sizes: OverArch needs at least two layer sizes (an MLP, then the "
+                f"logits Linear), got {list(sizes)}"
+            )
+        rng = as_rng(seed)
+        self._children["model.0"] = MLP(in_features, sizes[:-1], seed=rng, dtype=self.dtype)
+        self._children["model.1"] = Linear(sizes[-2], sizes[-1], seed=rng, dtype=self.dtype)
+
+    @property
+    def mlp(self) -> MLP:
+        return self._children["model.0"]
+
+    @property
+    def linear(self) -> Linear:
+        return self._children["model.1"]
+
+    @property
+    def in_features(self) -> int:
+        return self.mlp.in_features
+
+    @property
+    def out_features(self) -> int:
+        return self.linear.out_features
+
+    @property
+    def layer_sizes(self) -> tuple[int, ...]:
+        return (*self.mlp.layer_sizes, self.out_features)
+
+    def _config(self) -> str:
+        return f"in_features={self.in_features}, layer_sizes={list(self.layer_sizes)}"
+
+    def forward(self, features: np.ndarray) -> tuple[np.ndarray, OverArchCache]:
+        """
+        Parameters
+        ----------
+        features : ndarray, shape (B, I)
+
+        Returns
+        -------
+        logits : ndarray, shape (B, O)
+        cache : OverArchCache
+        """
+        check_array("features", features, "B I", {"I": self.in_features}, self.dtype)
+        hidden, mlp_cache = self.mlp.forward(features)  # (B, layer_sizes[-2])
+        logits, linear_cache = self.linear.forward(hidden)  # (B, O)
+        return logits, OverArchCache(mlp_cache, linear_cache)
+
+    def backward(self, d_out: np.ndarray, cache: OverArchCache):
+        """
+        Parameters
+        ----------
+        d_out : ndarray, shape (B, O)
+        cache : OverArchCache from ``forward``
+
+        Returns
+        -------
+        d_features : ndarray, shape (B, I)
+        d_params : dict keyed like ``params``
+        """
+        mlp_cache, linear_cache = cache
+        d_hidden, d_linear = self.linear.backward(d_out, linear_cache)  # (B, layer_sizes[-2])
+        d_features, d_mlp = self.mlp.backward(d_hidden, mlp_cache)  # (B, I)
+        return d_features, {**prefixed("model.0", d_mlp), **prefixed("model.1", d_linear)}
+
+    def kink_distance(self, features: np.ndarray) -> float:
+        return self.mlp.kink_distance(features)  # the logits Linear has no kink
+
+
+_SCALAR_ACTIVATIONS = {
+    "relu": lambda s: s if s > 0 else 0.0,
+    "tanh": math.tanh,
+    "identity": lambda s: s,
+}
+
+
+def mlp_loop(
+    input: np.ndarray,
+    layers: Sequence[tuple[np.ndarray, np.ndarray | None]],
+    activation: str = "relu",
+    activation_on_last: bool = True,
+) -> np.ndarray:
+    """An MLP written as plain loops: one sample, one neuron, one multiply-add at a time.
+
+    A didactic, independent implementation (slow) that the vectorized layers are tested
+    against. ``layers`` lists ``(weight, bias)`` per layer, ``weight`` (O_i, I_i) and ``bias``
+    (O_i,) or None. OverArch is ``activation_on_last=False`` over all its layers.
+
+    >>> w = np.array([[1.0, -1.0], [0.5, 0.5]])
+    >>> mlp_loop(np.array([[3.0, 1.0]]), [(w, np.array([0.0, -3.0]))])
+    array([[2., 0.]])
+    """
+    batch, _ = input.shape
+    out = []
+    for b in range(batch):
+        x = [float(v) for v in input[b]]
+        for i, (weight, bias) in enumerate(layers):
+            last = i == len(layers) - 1
+            g = _SCALAR_ACTIVATIONS["identity" if last and not activation_on_last else activation]
+            y = []
+            for o in range(weight.shape[0]):
+                total = 0.0 if bias is None else float(bias[o])
+                for k in range(weight.shape[1]):
+                    total += float(weight[o, k]) * x[k]
+                y.append(g(total))
+            x = y
+        out.append(x)
+    return np.array(out, dtype=input.dtype)
+
+
+def mlp_layers(params: Mapping[str, np.ndarray], prefix: str = "") -> list[tuple]:
+    """``[(weight, bias or None), …]`` read from TorchRec-style keys ``{prefix}_mlp.i._linear.*``.
+
+    >>> mlp = MLP(3, [2, 1], bias=False, seed=0)
+    >>> [(w.shape, b) for w, b in mlp_layers(mlp.params)]
+    [((2, 3), None), ((1, 2), None)]
+    """
+    layers = []
+    i = 0
+    while f"{prefix}_mlp.{i}._linear.weight" in params:
+        key = f"{prefix}_mlp.{i}._linear"
+        layers.append((params[f"{key}.weight"], params.get(f"{key}.bias")))
+        i += 1
+    return layers
