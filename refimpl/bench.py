@@ -639,7 +639,7 @@ class Result:
             num(self.fwd_ms, _ms_format(self.fwd_ms)),
             num(self.fb_ms, _ms_format(self.fb_ms)),
             num(self.gflops),
-            num(100 * self.peak_fraction, "{:.0f}%"),
+            _percent_text(self.peak_fraction),
             num(self.cache_per_sample, "{:,.0f}"),
             num(self.torch_fwd_ms, _ms_format(self.torch_fwd_ms)),
             num(self.torch_fb_ms, _ms_format(self.torch_fb_ms)),
@@ -647,6 +647,12 @@ class Result:
             "-" if self.target is None else str(self.target),
             met + measured,
         )
+
+
+def _percent_text(x: float) -> str:
+    if math.isnan(x):
+        return "-"
+    return f"{100 * x:.0f}%" if x >= 0.01 else f"{100 * x:.1g}%"
 
 
 def _ratio_text(x: float) -> str:
@@ -801,20 +807,31 @@ def write_chart(results: list[Result], path: str, batch: int | None = None) -> N
         sharey=True,
         squeeze=False,
     )
+    y = np.arange(len(labels))
     for ax, dtype in zip(axes[0], dtypes, strict=False):
         by_label = {f"{r.layer}\n{r.config}": r for r in ok if r.dtype == dtype}
-        y = np.arange(len(labels))
-        ours = [by_label[k].fb_ms if k in by_label else np.nan for k in labels]
-        theirs = [by_label[k].torch_fb_ms if k in by_label else np.nan for k in labels]
+        ours = np.array([by_label[k].fb_ms if k in by_label else np.nan for k in labels])
+        theirs = np.array([by_label[k].torch_fb_ms if k in by_label else np.nan for k in labels])
         ax.barh(y - 0.2, ours, height=0.4, label="refimpl (NumPy)", color="tab:blue")
         ax.barh(y + 0.2, theirs, height=0.4, label="TorchRec (torch autograd)", color="tab:orange")
+        for i, (a, b) in enumerate(zip(ours, theirs, strict=True)):
+            if not (np.isnan(a) or np.isnan(b)):  # refimpl / TorchRec beside the pair
+                ax.annotate(
+                    f"{_ratio_text(a / b)}x",
+                    (max(a, b), i),
+                    xytext=(4, 0),
+                    textcoords="offset points",
+                    va="center",
+                    fontsize=7,
+                )
         ax.set_xscale("log")
-        ax.set_yticks(y, labels, fontsize=8)
-        ax.invert_yaxis()
         ax.set_xlabel("forward + backward time, ms (log scale)")
-        ax.set_title(dtype + (f", B={batch}" if batch else ""))
+        ax.set_title(dtype + (f", B={batch}" if batch else "") + ": refimpl / TorchRec ratios")
         ax.grid(axis="x", which="both", alpha=0.3)
+        ax.margins(x=0.15)
         ax.legend(loc="lower right", fontsize=8)
+    axes[0][0].set_yticks(y, labels, fontsize=8)
+    axes[0][0].invert_yaxis()  # the y axis is shared: invert it once, first case on top
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

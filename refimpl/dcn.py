@@ -107,8 +107,8 @@ class InteractionDCNArch(Layer):
         cache : DCNCache
         """
         combined = self._combine(dense, sparse)  # (B, F+1, D)
-        if self.num_sparse_features == 0:
-            return dense, DCNCache(None, combined.shape)
+        if self.num_sparse_features == 0:  # TorchRec returns dense itself; a copy never aliases
+            return dense.copy(), DCNCache(None, combined.shape)
         batch = combined.shape[0]
         out, crossnet_cache = self.crossnet.forward(combined.reshape(batch, -1))  # (B, N)
         return out, DCNCache(crossnet_cache, combined.shape)

@@ -73,6 +73,11 @@ class InteractionArch(Layer):
     which is exactly ``d(c·c)/dc = 2c``. Then ``d_dense = d_out[:, :D] + dC[:, 0]`` and
     ``d_sparse = dC[:, 1:]``.
 
+    For speed the layer reads the pairs from ``C Sᵀ`` (a plain matrix product per sample)
+    rather than ``C Cᵀ`` (which NumPy hands to the slower syrk), and scatters ``G + Gᵀ`` in one
+    array. :func:`interaction_plain` and :func:`interaction_plain_backward` keep the textbook
+    forms above; the tests check that both give the same numbers.
+
     Examples
     --------
     >>> arch = InteractionArch(num_sparse_features=2)
@@ -101,6 +106,9 @@ class InteractionArch(Layer):
         self.self_interaction = bool(self_interaction)
         self.pair_order = pair_order
         self.rows, self.cols = pair_indices(self.num_sparse_features, self_interaction, pair_order)
+        self._cross_index, self._flat_ij, self._flat_ji = _fast_indices(
+            self.num_sparse_features, self.rows, self.cols
+        )
 
     @property
     def num_pairs(self) -> int:
@@ -135,8 +143,13 @@ class InteractionArch(Layer):
         combined = np.concatenate([dense[:, None, :], sparse], axis=1)  # (B, F+1, D)
         if self.num_sparse_features == 0:
             return dense, DotCache(combined)
-        gram = combined @ combined.transpose(0, 2, 1)  # (B, F+1, F+1)
-        pairs = gram[:, self.rows, self.cols]  # (B, P)
+        # The pairs of C Cᵀ, read from C Sᵀ: Z is symmetric, so pair (i, j) is Z[min, max], and
+        # max >= 1 except for (0, 0). C Sᵀ is a plain GEMM per sample, where NumPy would run
+        # C @ Cᵀ (same buffer twice) through syrk plus a triangle copy: about twice as slow.
+        cross = combined @ sparse.transpose(0, 2, 1)  # C Sᵀ, (B, F+1, F): [i, j-1] = c_i·c_j
+        pairs = cross.reshape(len(dense), -1)[:, self._cross_index]  # (B, P)
+        if self.self_interaction:  # the dense vector's own square is not in C Sᵀ
+            pairs[:, self._cross_index < 0] = np.einsum("bd,bd->b", dense, dense)[:, None]
         return np.concatenate([dense, pairs], axis=1), DotCache(combined)  # (B, D + P)
 
     def backward(self, d_out: np.ndarray, cache: DotCache):
@@ -157,11 +170,69 @@ class InteractionArch(Layer):
         check_array("d_out", d_out, "B P", {"B": batch, "P": self.output_size(dim)}, combined.dtype)
         if self.num_sparse_features == 0:
             return d_out.copy(), np.zeros((batch, 0, dim), combined.dtype), {}
-        d_gram = np.zeros((batch, n, n), combined.dtype)  # G, (B, F+1, F+1)
-        d_gram[:, self.rows, self.cols] = d_out[:, dim:]
-        d_combined = (d_gram + d_gram.transpose(0, 2, 1)) @ combined  # (B, F+1, D)
+        d_pairs = d_out[:, dim:]  # (B, P)
+        # G + Gᵀ built directly: pair (i, j)'s gradient goes to [i, j] and to [j, i] (twice onto
+        # the diagonal, as d(c·c)/dc = 2c needs).
+        d_gram_sym = np.zeros((batch, n * n), combined.dtype)  # G + Gᵀ flattened, (B, (F+1)²)
+        d_gram_sym[:, self._flat_ij] = d_pairs
+        d_gram_sym[:, self._flat_ji] += d_pairs
+        d_combined = d_gram_sym.reshape(batch, n, n) @ combined  # (G + Gᵀ) C, (B, F+1, D)
         d_dense = d_out[:, :dim] + d_combined[:, 0]  # (B, D)
-        return d_dense, d_combined[:, 1:].copy(), {}
+        return d_dense, d_combined[:, 1:], {}  # d_sparse: a view of d_combined, (B, F, D)
+
+
+def _fast_indices(num_sparse_features: int, rows: np.ndarray, cols: np.ndarray):
+    """Index arrays for the fast forward and backward.
+
+    ``cross_index``: where pair (i, j) sits in C Sᵀ flattened, (B, (F+1)·F), read as
+    (min, max) since Z is symmetric; -1 for (0, 0), which C Sᵀ does not hold.
+    ``flat_ij`` and ``flat_ji``: where (i, j) and (j, i) sit in (F+1)² flattened.
+    """
+    n = num_sparse_features + 1
+    low, high = np.minimum(rows, cols), np.maximum(rows, cols)
+    cross_index = np.where(high >= 1, low * num_sparse_features + high - 1, -1)
+    return cross_index, rows * n + cols, cols * n + rows
+
+
+def interaction_plain(
+    dense: np.ndarray, sparse: np.ndarray, rows: np.ndarray, cols: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The forward in its textbook form, ``Z = C Cᵀ`` then the kept pairs; also returns C.
+
+    The layer computes the same pairs from ``C Sᵀ`` (faster); this is what it computes.
+
+    >>> rows, cols = pair_indices(2)
+    >>> out, combined = interaction_plain(np.array([[1.0, 2.0]]),
+    ...                                   np.array([[[3.0, 4.0], [5.0, 6.0]]]), rows, cols)
+    >>> out
+    array([[ 1.,  2., 11., 17., 39.]])
+    """
+    combined = np.concatenate([dense[:, None, :], sparse], axis=1)  # C, (B, F+1, D)
+    gram = combined @ combined.transpose(0, 2, 1)  # Z = C Cᵀ, (B, F+1, F+1)
+    pairs = gram[:, rows, cols]  # (B, P)
+    return np.concatenate([dense, pairs], axis=1), combined  # (B, D + P)
+
+
+def interaction_plain_backward(
+    d_out: np.ndarray, combined: np.ndarray, rows: np.ndarray, cols: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The backward in its textbook form: ``G`` scattered, then ``dC = (G + Gᵀ) C``.
+
+    The layer builds ``G + Gᵀ`` in one scatter instead of two arrays; same result.
+
+    >>> rows, cols = pair_indices(2)
+    >>> out, combined = interaction_plain(np.array([[1.0, 2.0]]),
+    ...                                   np.array([[[3.0, 4.0], [5.0, 6.0]]]), rows, cols)
+    >>> d_dense, d_sparse = interaction_plain_backward(np.ones_like(out), combined, rows, cols)
+    >>> d_dense                                     # 1 + s0 + s1
+    array([[ 9., 12.]])
+    """
+    batch, n, dim = combined.shape
+    d_gram = np.zeros((batch, n, n), combined.dtype)  # G, (B, F+1, F+1)
+    d_gram[:, rows, cols] = d_out[:, dim:]
+    d_combined = (d_gram + d_gram.transpose(0, 2, 1)) @ combined  # (B, F+1, D)
+    d_dense = d_out[:, :dim] + d_combined[:, 0]  # (B, D)
+    return d_dense, d_combined[:, 1:]  # (B, D), (B, F, D)
 
 
 def interaction_loop(

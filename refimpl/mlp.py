@@ -158,8 +158,9 @@ class MLP(Layer):
 
     Parameters
     ----------
-    in_features : int
-        I, the input size (TorchRec calls it ``in_size``).
+    in_size : int
+        I, the input size (TorchRec's name; ``in_features`` is an alias attribute, as on the
+        other layers).
     layer_sizes : list of int
         The output size of each layer; O = ``layer_sizes[-1]``.
     bias : bool
@@ -208,7 +209,7 @@ class MLP(Layer):
 
     def __init__(
         self,
-        in_features: int,
+        in_size: int,
         layer_sizes: Sequence[int],
         bias: bool = True,
         activation: str = "relu",
@@ -218,14 +219,14 @@ class MLP(Layer):
         dtype=np.float64,
     ):
         super().__init__(dtype)
-        self.in_features = check_positive_int("in_features", in_features)
+        self.in_size = check_positive_int("in_size", in_size)
         self.layer_sizes = check_layer_sizes("layer_sizes", layer_sizes)
         self.bias = bool(bias)
         act = get_activation(activation)
         self.activation = act.name
         self.activation_on_last = bool(activation_on_last)
         rng = as_rng(seed)
-        fan_ins = (self.in_features, *self.layer_sizes[:-1])
+        fan_ins = (self.in_size, *self.layer_sizes[:-1])
         for i, (fan_in, size) in enumerate(zip(fan_ins, self.layer_sizes, strict=True)):
             linear = Linear(fan_in, size, self.bias, seed=rng, dtype=self.dtype)
             self._children[f"_mlp.{i}._linear"] = linear
@@ -235,6 +236,10 @@ class MLP(Layer):
             identity if i == last and not self.activation_on_last else act
             for i in range(len(self.layer_sizes))
         )
+
+    @property
+    def in_features(self) -> int:
+        return self.in_size
 
     @property
     def out_features(self) -> int:
@@ -249,7 +254,7 @@ class MLP(Layer):
         extra = "" if self.bias else ", bias=False"
         extra += f", activation={self.activation!r}" if self.activation != "relu" else ""
         extra += "" if self.activation_on_last else ", activation_on_last=False"
-        return f"in_features={self.in_features}, layer_sizes={list(self.layer_sizes)}{extra}"
+        return f"in_size={self.in_size}, layer_sizes={list(self.layer_sizes)}{extra}"
 
     def forward(self, input: np.ndarray) -> tuple[np.ndarray, MLPCache]:
         """

@@ -50,6 +50,7 @@ def compare_with_torch(
     """
     torch, _ = require_torchrec()
     module.double()
+    module.zero_grad(set_to_none=True)  # a reused module must not accumulate old gradients
     load_from_torch(layer, module)
     torch_inputs = [torch.tensor(x, dtype=torch.float64, requires_grad=True) for x in inputs]
     torch_out = module(*torch_inputs)
@@ -63,7 +64,9 @@ def compare_with_torch(
     for name, ours, theirs in zip(names, d_inputs, torch_inputs, strict=True):
         reference = theirs.grad.numpy() if theirs.grad is not None else np.zeros_like(ours)
         errors[name] = rel_error(ours, reference)
-    torch_params = dict(module.named_parameters())
+    # remove_duplicate=False: a tensor shared by two submodules (tied branches) is listed under
+    # both names, as refimpl's params are.
+    torch_params = dict(module.named_parameters(remove_duplicate=False))
     for key, ours in d_params.items():
         theirs = torch_params[key].grad
         errors[key] = rel_error(ours, np.zeros_like(ours) if theirs is None else theirs.numpy())

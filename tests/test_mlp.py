@@ -7,19 +7,18 @@ import numpy as np
 import pytest
 
 import refimpl
-from refimpl.cases.projection import KINK_MARGIN, SMOOTH_STEP, STEP
 from refimpl.gradcheck import draw_away_from_kinks
 from refimpl.mlp import mlp_layers, mlp_loop
 
 
 def _away_from_kinks(layer, rng, batch=3):
     return draw_away_from_kinks(
-        layer, lambda r: (r.standard_normal((batch, layer.in_features)),), rng, KINK_MARGIN
+        layer, lambda r: (r.standard_normal((batch, layer.in_features)),), rng
     )
 
 
-def _gradcheck(layer, inputs, step=STEP):
-    return refimpl.gradcheck(layer, inputs, step=step, kink_margin=KINK_MARGIN)
+def _gradcheck(layer, inputs):
+    return refimpl.gradcheck(layer, inputs)
 
 
 # --- structure, keys, initialisation ------------------------------------------------------
@@ -162,7 +161,7 @@ def test_dense_arch_is_a_relu_mlp(rng):
         ({"layer_sizes": 4}, TypeError, "layer_sizes: expected a list of positive integers"),
         ({"layer_sizes": "44"}, TypeError, "layer_sizes: expected a list of positive integers"),
         ({"layer_sizes": [2.5]}, TypeError, "layer_sizes[0]: expected an integer"),
-        ({"in_features": 0}, ValueError, "in_features: expected an integer >= 1, got 0"),
+        ({"in_size": 0}, ValueError, "in_size: expected an integer >= 1, got 0"),
         ({"activation": "sigmoid"}, ValueError, "activation: expected one of"),
         (
             {"activation": np.tanh},
@@ -173,7 +172,7 @@ def test_dense_arch_is_a_relu_mlp(rng):
     ],
 )
 def test_mlp_constructor_errors_name_the_argument(kwargs, error, message):
-    args = {"in_features": 5, "layer_sizes": [4], **kwargs}
+    args = {"in_size": 5, "layer_sizes": [4], **kwargs}
     with pytest.raises(error) as info:
         refimpl.MLP(**args)
     assert message in str(info.value)
@@ -287,15 +286,13 @@ def test_forward_stores_nothing_on_the_layer(rng):
 @pytest.mark.parametrize(("batch", "sizes"), [(1, (4,)), (3, (4, 3)), (2, (6, 5, 3))])
 def test_mlp_gradcheck(rng, activation, bias, batch, sizes):
     mlp = refimpl.MLP(5, sizes, bias, activation, seed=rng)
-    result = _gradcheck(
-        mlp, _away_from_kinks(mlp, rng, batch), SMOOTH_STEP if activation == "tanh" else STEP
-    )
+    result = _gradcheck(mlp, _away_from_kinks(mlp, rng, batch))
     assert result.ok, result
 
 
 def test_mlp_without_activation_on_last_gradcheck(rng):
     mlp = refimpl.MLP(5, [4, 3], activation="tanh", activation_on_last=False, seed=rng)
-    assert _gradcheck(mlp, _away_from_kinks(mlp, rng), SMOOTH_STEP).ok
+    assert _gradcheck(mlp, _away_from_kinks(mlp, rng)).ok
 
 
 @pytest.mark.parametrize(
@@ -347,7 +344,7 @@ def test_gradcheck_refuses_a_kink_point():
     upstream = np.random.default_rng(0).standard_normal((1, 1))[0, 0]  # gradcheck's G
     d_input = result.arrays[0]
     assert d_input.analytic == 0.0
-    # the slope seen is (relu(h) - relu(-h)) / 2h = 1/2 of the upstream gradient
+    # a symmetric difference across 0 sees half of ReLU's slope: e.g. (relu(h) − relu(−h)) / 2h
     assert abs(d_input.numeric) == pytest.approx(0.5 * abs(upstream), rel=1e-6)
 
 

@@ -11,7 +11,6 @@ torchrec_mlp = pytest.importorskip("torchrec.modules.mlp")
 
 import refimpl  # noqa: E402
 from refimpl.cases.projection import (  # noqa: E402
-    KINK_MARGIN,
     PROJECTION_SHAPES,
     build_projection,
     torch_module_like,
@@ -24,7 +23,7 @@ pytestmark = pytest.mark.parity
 
 def _one_input(layer, rng, batch):
     return draw_away_from_kinks(
-        layer, lambda r: (r.standard_normal((batch, layer.in_features)),), rng, KINK_MARGIN
+        layer, lambda r: (r.standard_normal((batch, layer.in_features)),), rng
     )
 
 
@@ -93,7 +92,7 @@ def test_projection_matches_torchrec(rng, shape):
     def draw(r):
         return r.standard_normal((batch, dim)), r.standard_normal((batch, features, dim))
 
-    _assert_parity(arch, module, draw_away_from_kinks(arch, draw, rng, KINK_MARGIN))
+    _assert_parity(arch, module, draw_away_from_kinks(arch, draw, rng))
 
 
 def test_relu_derivative_at_exactly_zero_is_torchs():
@@ -164,7 +163,7 @@ def test_one_branch_used_twice_matches_torchrec(rng):
     def draw(r):
         return r.standard_normal((3, 4)), r.standard_normal((3, 2, 4))
 
-    dense, sparse = draw_away_from_kinks(arch, draw, rng, KINK_MARGIN)
+    dense, sparse = draw_away_from_kinks(arch, draw, rng)
     out, cache = arch.forward(dense, sparse)
     upstream = rng.standard_normal(out.shape)
     torch_out = module(torch.tensor(dense), torch.tensor(sparse))

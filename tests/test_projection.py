@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import refimpl
-from refimpl.cases.projection import KINK_MARGIN, PROJECTION_SHAPES, STEP, build_projection
+from refimpl.cases.projection import PROJECTION_SHAPES, build_projection
 from refimpl.gradcheck import draw_away_from_kinks
 from refimpl.mlp import mlp_layers, mlp_loop
 from refimpl.projection import ProjectionCache, projection_loop
@@ -21,11 +21,11 @@ def _draw(batch, features, dim, dtype=np.float64):
 
 
 def _away_from_kinks(arch, rng, batch, features, dim):
-    return draw_away_from_kinks(arch, _draw(batch, features, dim), rng, KINK_MARGIN)
+    return draw_away_from_kinks(arch, _draw(batch, features, dim), rng)
 
 
 def _gradcheck(arch, inputs):
-    return refimpl.gradcheck(arch, inputs, step=STEP, kink_margin=KINK_MARGIN)
+    return refimpl.gradcheck(arch, inputs)
 
 
 def _loop(arch, dense, sparse):

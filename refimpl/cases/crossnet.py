@@ -5,34 +5,21 @@ a hand check of the forward against the loop version (:func:`refimpl.crossnet.cr
 TorchRec parity, and the SymPy proof in ``derivations.crossnet``. The mixture is checked with
 one expert (no gate) and several, with a kinked (relu) and smooth (tanh, identity) activation.
 
-Finite-difference steps. A central difference errs by truncation, ~h² |f'''| / 6, plus
-round-off, ~ε |L| / h, and gradcheck's measure is the *worst element's* relative error, so an
-entry a thousand times smaller than its neighbours must meet 1e-7 on its own. With the
-default h = 1e-6 the round-off (~1e-10 absolute for these losses) breaks that on the small
-entries these networks produce: a weight deep inside a gated expert is a product of several
-small factors. Every cross network is affine in each single weight (``x_{l+1}`` is linear in
-``x_l`` for a fixed ``x₀``), so the weights want a large step, but a polynomial of degree L+1
-in each input, whose truncation wants a small one: h = 3e-5 (:data:`STEP`) balances the two,
-and serves the tanh mixture too, near its optimum (3ε |L| / |f'''|)^(1/3). The relu and
-identity mixtures use h = 1e-4 (:data:`PIECEWISE_STEP`): their experts are piecewise affine
-in every weight, so round-off in the weights dominates. Inputs are drawn at least 1e-3 from
-every ReLU kink (:data:`KINK_MARGIN`); a step that did straddle a kink could only make a
-correct backward fail, never a wrong one pass.
+Finite differences use gradcheck's defaults (the fourth-order stencil) through
+:func:`refimpl.check.finite_difference_check`. Inputs are drawn with magnitudes in [0.5, 1.5]
+(:func:`draw_input`) and away from ReLU kinks (:func:`refimpl.gradcheck.draw_away_from_kinks`).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from refimpl.check import Check, hand_check, parity_check, symbolic_check
+from refimpl.check import finite_difference_check, hand_check, parity_check, symbolic_check
 from refimpl.crossnet import crossnet_loop
 from refimpl.dcn import InteractionDCNArch
-from refimpl.gradcheck import DEFAULT_TOL, draw_away_from_kinks, gradcheck
+from refimpl.gradcheck import draw_away_from_kinks
 
 MIX = "LowRankMixtureCrossNet"
-STEP = 3e-5  # finite-difference step (see above)
-PIECEWISE_STEP = 1e-4  # for the relu and identity mixtures
-KINK_MARGIN = 1e-3
 
 # (kind, options, [(B, N, L), ...]) for the finite-difference witness; N from 4 to 12.
 FINITE_DIFFERENCE = (
@@ -60,7 +47,7 @@ VARIANTS = (
 )
 
 # (B, F, D) for the networks inside InteractionDCNArch (N = (F+1)·D), and F = 0 (passthrough).
-DCN_SHAPES = ((2, 2, 2), (1, 3, 2), (3, 0, 4))
+DCN_SHAPES = ((2, 2, 2), (1, 3, 3), (3, 0, 4))
 
 # (kind, options) for the symbolic witness; sizes kept tiny so SymPy stays fast.
 SYMBOLIC = (
@@ -110,17 +97,6 @@ def build_network(kind: str, in_features: int, num_layers: int, options: dict, r
     return net
 
 
-def finite_difference_check(layer: str, config: str, build, activation=None) -> Check:
-    """``build(rng) -> (layer, inputs)``, checked by gradcheck with the step for its activation."""
-    step = PIECEWISE_STEP if activation in ("relu", "identity") else STEP
-
-    def run() -> float:
-        net, inputs = build(np.random.default_rng(0))
-        return gradcheck(net, inputs, seed=1, step=step, kink_margin=KINK_MARGIN).worst.rel_error
-
-    return Check(layer, config, "finite-diff", run, DEFAULT_TOL)
-
-
 def draw_input(rng, shape) -> np.ndarray:
     """Entries of random sign and magnitude in [0.5, 1.5]: no input near zero, where it would
     shrink every gradient it multiplies towards the finite differences' round-off."""
@@ -130,7 +106,7 @@ def draw_input(rng, shape) -> np.ndarray:
 def _network_builder(kind, options, batch, n, num_layers):
     def build(rng):
         net = build_network(kind, n, num_layers, options, rng)
-        inputs = draw_away_from_kinks(net, lambda r: (draw_input(r, (batch, n)),), rng, KINK_MARGIN)
+        inputs = draw_away_from_kinks(net, lambda r: (draw_input(r, (batch, n)),), rng)
         return net, inputs
 
     return build
@@ -144,7 +120,7 @@ def _dcn_builder(kind, options, batch, features, dim, num_layers=2):
         def draw(r):
             return draw_input(r, (batch, dim)), draw_input(r, (batch, features, dim))
 
-        return arch, draw_away_from_kinks(arch, draw, rng, KINK_MARGIN)
+        return arch, draw_away_from_kinks(arch, draw, rng)
 
     return build
 
@@ -164,7 +140,8 @@ def torch_crossnet(net):
             "tanh": torch.tanh,
             "identity": torch.nn.Identity(),
         }[net.activation]
-    module = getattr(crossnet, type(net).__name__)(**kwargs).double()
+    name = next(c.__name__ for c in type(net).__mro__ if c.__module__ == "refimpl.crossnet")
+    module = getattr(crossnet, name)(**kwargs).double()
     module.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in net.params.items()})
     return module
 
@@ -229,7 +206,7 @@ def checks():
         for batch, n, num_layers in shapes:
             config = f"B={batch} N={n} L={num_layers} {_label(kind, options)}".strip()
             build = _network_builder(kind, options, batch, n, num_layers)
-            yield finite_difference_check(kind, config, build, options.get("activation"))
+            yield finite_difference_check(kind, config, build)
     for kind, options in VARIANTS:
         label = _label(kind, options)
         config = f"B=3 N=7 L=3 {label} linspace".replace("  ", " ")
@@ -241,9 +218,7 @@ def checks():
         for batch, features, dim in DCN_SHAPES:
             build = _dcn_builder(kind, options, batch, features, dim)
             config = f"{dcn_label} B={batch} F={features} D={dim}"
-            yield finite_difference_check(
-                "InteractionDCNArch", config, build, options.get("activation")
-            )
+            yield finite_difference_check("InteractionDCNArch", config, build)
         build = _dcn_builder(kind, options, 4, 26, 8)
         yield parity_check("InteractionDCNArch", f"{dcn_label} B=4 F=26 D=8", build, torch_dcn)
     for kind, options, batch, n, num_layers in PARITY:

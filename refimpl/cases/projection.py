@@ -1,32 +1,16 @@
-"""Checks for Linear, MLP, DenseArch, OverArch and InteractionProjectionArch.
-
-Finite-difference steps. A central difference errs by truncation, ~h² |f'''|, plus round-off,
-~ε |L| / h. A ReLU or identity network is piecewise linear in every parameter, and the
-projection piecewise quadratic in every input (``Y Z`` is bilinear), so between kinks f''' = 0:
-the only error is round-off, and the best step is the largest that stays clear of kinks. With
-gradcheck's default h = 1e-6 that round-off (~1e-10 absolute for these losses) exceeds 1e-7
-relative on the small gradient entries these networks produce (a path through one live unit,
-a weight times a small input), so these rows use h = 1e-4 (:data:`STEP`). Inputs are drawn at
-least 1e-3 from every ReLU kink (:data:`KINK_MARGIN`); one step moves a pre-activation by at
-most h·|x| < 1e-3 for these inputs, and a step that did straddle a kink could only make a
-correct backward fail, never a wrong one pass. Tanh has f''' ≠ 0, so its rows keep the
-truncation small with h = 1e-5 (:data:`SMOOTH_STEP`).
-"""
+"""Checks for Linear, MLP, DenseArch, OverArch and InteractionProjectionArch."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from refimpl._layer import as_rng
-from refimpl.check import Check, hand_check, parity_check, symbolic_check
-from refimpl.gradcheck import DEFAULT_TOL, draw_away_from_kinks, gradcheck
+from refimpl.check import finite_difference_check, hand_check, parity_check, symbolic_check
+from refimpl.gradcheck import draw_away_from_kinks
 from refimpl.mlp import MLP, DenseArch, Linear, OverArch, mlp_layers, mlp_loop
 from refimpl.projection import InteractionProjectionArch, projection_loop
 
 ACTIVATIONS = ("relu", "tanh", "identity")
-STEP = 1e-4  # finite-difference step for piecewise-linear layers (see above)
-SMOOTH_STEP = 1e-5  # for tanh
-KINK_MARGIN = 1e-3
 MLP_SIZES = ((4,), (4, 3), (4, 3, 2))  # 1–3 layers over in_features = 5
 
 # (B, F, D, branch1 layer sizes, branch2 layer sizes): the seed's D=128, F=26, [256], [512]
@@ -90,24 +74,13 @@ def torch_module_like(layer):
     raise TypeError(f"no TorchRec counterpart for {type(layer).__name__}")
 
 
-def finite_difference_check(layer: str, config: str, build, step: float = STEP) -> Check:
-    """``build(rng) -> (layer, inputs)``, checked by gradcheck with the given step."""
-
-    def run() -> float:
-        net, inputs = build(np.random.default_rng(0))
-        result = gradcheck(net, inputs, seed=1, step=step, kink_margin=KINK_MARGIN)
-        return result.worst.rel_error
-
-    return Check(layer, config, "finite-diff", run, DEFAULT_TOL)
-
-
 def _one_input_builder(make, batch):
     """``make(rng) -> layer`` with one (B, I) input drawn away from ReLU kinks."""
 
     def build(rng):
         layer = make(rng)
         inputs = draw_away_from_kinks(
-            layer, lambda r: (r.standard_normal((batch, layer.in_features)),), rng, KINK_MARGIN
+            layer, lambda r: (r.standard_normal((batch, layer.in_features)),), rng
         )
         return layer, inputs
 
@@ -121,7 +94,7 @@ def _projection_builder(batch, features, dim, sizes1, sizes2):
         def draw(r):
             return r.standard_normal((batch, dim)), r.standard_normal((batch, features, dim))
 
-        return arch, draw_away_from_kinks(arch, draw, rng, KINK_MARGIN)
+        return arch, draw_away_from_kinks(arch, draw, rng)
 
     return build
 
@@ -193,8 +166,7 @@ def checks():
                     return MLP(5, sizes, bias, activation, seed=rng)
 
                 build = _one_input_builder(make, 3)
-                step = SMOOTH_STEP if activation == "tanh" else STEP
-                yield finite_difference_check("MLP", f"B=3 {config}", build, step)
+                yield finite_difference_check("MLP", f"B=3 {config}", build)
                 yield hand_check(
                     "MLP", f"B=3 {config} linspace", _hand_mlp(sizes, bias, activation)
                 )
@@ -206,7 +178,7 @@ def checks():
         return MLP(5, (4, 3), activation="tanh", activation_on_last=False, seed=rng)
 
     yield finite_difference_check(
-        "MLP", "B=3 I=5 [4, 3] tanh, not on last", _one_input_builder(no_last, 3), SMOOTH_STEP
+        "MLP", "B=3 I=5 [4, 3] tanh, not on last", _one_input_builder(no_last, 3)
     )
     yield parity_check(
         "MLP", "B=3 I=5 [4, 3] tanh, not on last", _one_input_builder(no_last, 3), torch_module_like
