@@ -803,7 +803,7 @@ def write_chart(results: list[Result], path: str, batch: int | None = None) -> N
     fig, axes = plt.subplots(
         1,
         max(len(dtypes), 1),
-        figsize=(7 * max(len(dtypes), 1), 0.55 * len(labels) + 1.8),
+        figsize=(7 * max(len(dtypes), 1), 0.55 * len(labels) + 2.2),
         sharey=True,
         squeeze=False,
     )
@@ -829,10 +829,11 @@ def write_chart(results: list[Result], path: str, batch: int | None = None) -> N
         ax.set_title(dtype + (f", B={batch}" if batch else "") + ": refimpl / TorchRec ratios")
         ax.grid(axis="x", which="both", alpha=0.3)
         ax.margins(x=0.15)
-        ax.legend(loc="lower right", fontsize=8)
     axes[0][0].set_yticks(y, labels, fontsize=8)
     axes[0][0].invert_yaxis()  # the y axis is shared: invert it once, first case on top
-    fig.tight_layout()
+    handles, names = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="lower center", ncol=2, fontsize=9)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 

@@ -2,20 +2,22 @@
 
 Paper: DCN-V2, Wang et al. 2020, https://arxiv.org/abs/2008.13535 (the vector form is DCN-V1,
 https://arxiv.org/abs/1708.05123). Every network maps a batch ``x`` (B, N) to (B, N) by ``L``
-layers that all multiply elementwise by the *input* ``x₀``::
+layers that all multiply elementwise by the input, written ``x̂`` as in the seed (TorchRec
+calls it ``x_0`` and so does the code here, ``x0``; it is also where the recurrence
+starts)::
 
-    x_{l+1} = x₀ ⊙ c_l(x_l) + x_l        (VectorCrossNet adds its bias outside the product)
+    x_{l+1} = x̂ ⊙ c_l(x_l) + x_l        (VectorCrossNet adds its bias outside the product)
 
 where ``c_l`` is the layer's "cross": ``W x + b`` (CrossNet), ``W (V x) + b``
 (LowRankCrossNet), or a softmax-gated mixture of low-rank experts (LowRankMixtureCrossNet).
 
-Backward runs the layers in reverse. With ``dx_{l+1} = ∂L/∂x_{l+1}``, each layer hands down
+Backward runs the layers in reverse. With ``dx_{l+1} = ∂L/∂x_{l+1}``, each layer hands down::
 
-    dx_l  = dx_{l+1} + (∂c_l/∂x_l)ᵀ (x₀ ⊙ dx_{l+1})     (the identity path, then the cross)
-    dx₀  += c_l ⊙ dx_{l+1}                              (every layer reads x₀)
+    dx_l  = dx_{l+1} + (∂c_l/∂x_l)ᵀ (x̂ ⊙ dx_{l+1})     (the identity path, then the cross)
+    dx̂   += c_l ⊙ dx_{l+1}                               (every layer reads x̂)
 
-and at the end ``d_input = dx_0 + dx₀``: the input is both the first ``x_l`` and the ``x₀``
-every layer multiplies by.
+and at the end ``d_input = dx_0 + dx̂``: the input is both the first ``x_l`` and the ``x̂``
+every layer multiplies by, so its gradient is the sum of the two.
 
 Arrays are kept as (B, N) rows; TorchRec's trailing unit axis (B, N, 1) is dropped.
 """
@@ -63,12 +65,12 @@ class _CrossNetBase(Layer):
 
 
 class CrossCache(NamedTuple):
-    xs: np.ndarray  # x_l entering each layer, (L, B, N); xs[0] is x₀
+    xs: np.ndarray  # x_l entering each layer, (L, B, N); xs[0] is x̂
     crosses: np.ndarray  # c_l = W_l x_l + b_l, (L, B, N)
 
 
 class CrossNet(_CrossNetBase):
-    """Full-rank cross network: ``x_{l+1} = x₀ ⊙ (W_l x_l + b_l) + x_l``.
+    """Full-rank cross network: ``x_{l+1} = x̂ ⊙ (W_l x_l + b_l) + x_l``.
 
     DCN-V2's cross layer (https://arxiv.org/abs/2008.13535), TorchRec's
     ``torchrec.modules.crossnet.CrossNet``.
@@ -93,17 +95,17 @@ class CrossNet(_CrossNetBase):
     Forward, for l = 0 … L-1, with rows ``x_l`` of shape (B, N)::
 
         c_l     = x_l W_lᵀ + b_lᵀ                   (B, N)
-        x_{l+1} = x₀ ⊙ c_l + x_l                    (B, N)
+        x_{l+1} = x̂ ⊙ c_l + x_l                     (B, N)
 
     Backward, for l = L-1 … 0, from ``dx_L = d_out``::
 
-        dc_l    = x₀ ⊙ dx_{l+1}                     (B, N)
+        dc_l    = x̂ ⊙ dx_{l+1}                      (B, N)
         dW_l    = dc_lᵀ x_l                         (N, N)
         db_l    = Σ_batch dc_l                      (N, 1)
-        dx₀    += c_l ⊙ dx_{l+1}                    (B, N)
+        dx̂     += c_l ⊙ dx_{l+1}                    (B, N)
         dx_l    = dx_{l+1} + dc_l W_l               (B, N)
 
-    and ``d_input = dx_0 + dx₀``.
+    and ``d_input = dx_0 + dx̂``.
 
     Examples
     --------
@@ -166,12 +168,12 @@ class CrossNet(_CrossNetBase):
         d_x, d_x0, grads = d_out, np.zeros_like(x0), {}
         for l in reversed(range(self.num_layers)):
             d_x, d_x0_l, layer_grads = self._layer_backward(l, d_x, x0, xs[l], crosses[l])
-            d_x0 = d_x0 + d_x0_l  # every layer multiplies by x₀
+            d_x0 = d_x0 + d_x0_l  # every layer multiplies by x̂
             grads.update(layer_grads)
         return d_x + d_x0, {k: grads[k] for k in self._params}
 
     def _layer_backward(self, l, d_next, x0, x_l, cross):
-        """One layer in reverse: ``(dx_l, this layer's share of dx₀, its parameter grads)``."""
+        """One layer in reverse: ``(dx_l, this layer's share of dx̂, its parameter grads)``."""
         kernel = self._params[f"kernels.{l}"]  # (N, N)
         d_cross = x0 * d_next  # (B, N)
         grads = {
@@ -189,7 +191,7 @@ class LowRankCache(NamedTuple):
 
 
 class LowRankCrossNet(_CrossNetBase):
-    """Low-rank cross network: ``x_{l+1} = x₀ ⊙ (W_l (V_l x_l) + b_l) + x_l``.
+    """Low-rank cross network: ``x_{l+1} = x̂ ⊙ (W_l (V_l x_l) + b_l) + x_l``.
 
     DCN-V2's low-rank cross layer (https://arxiv.org/abs/2008.13535), TorchRec's
     ``torchrec.modules.crossnet.LowRankCrossNet`` (the cross net of the DLRM DCN example).
@@ -217,26 +219,26 @@ class LowRankCrossNet(_CrossNetBase):
 
         v_l     = x_l V_lᵀ                          (B, r)
         c_l     = v_l W_lᵀ + b_l                    (B, N)
-        x_{l+1} = x₀ ⊙ c_l + x_l                    (B, N)
+        x_{l+1} = x̂ ⊙ c_l + x_l                     (B, N)
 
     Backward, for l = L-1 … 0, from ``dx_L = d_out``::
 
-        dc_l    = x₀ ⊙ dx_{l+1}                     (B, N)
+        dc_l    = x̂ ⊙ dx_{l+1}                      (B, N)
         dW_l    = dc_lᵀ v_l                         (N, r)
         db_l    = Σ_batch dc_l                      (N,)
         dv_l    = dc_l W_l                          (B, r)
         dV_l    = dv_lᵀ x_l                         (r, N)
-        dx₀    += c_l ⊙ dx_{l+1}                    (B, N)
+        dx̂     += c_l ⊙ dx_{l+1}                    (B, N)
         dx_l    = dx_{l+1} + dv_l V_l               (B, N)
 
-    and ``d_input = dx_0 + dx₀``.
+    and ``d_input = dx_0 + dx̂``.
 
     Examples
     --------
     >>> net = LowRankCrossNet(in_features=3, num_layers=2, low_rank=1, seed=0)
     >>> [(k, v.shape) for k, v in net.params.items()][:3]
     [('W_kernels.0', (3, 1)), ('W_kernels.1', (3, 1)), ('V_kernels.0', (1, 3))]
-    >>> y, cache = net.forward(np.zeros((4, 3)))  # x₀ = 0 makes every cross vanish
+    >>> y, cache = net.forward(np.zeros((4, 3)))  # x̂ = 0 makes every cross vanish
     >>> float(np.abs(y).max())
     0.0
     """
@@ -307,12 +309,12 @@ class LowRankCrossNet(_CrossNetBase):
             d_x, d_x0_l, layer_grads = self._layer_backward(
                 l, d_x, x0, xs[l], projections[l], crosses[l]
             )
-            d_x0 = d_x0 + d_x0_l  # every layer multiplies by x₀
+            d_x0 = d_x0 + d_x0_l  # every layer multiplies by x̂
             grads.update(layer_grads)
         return d_x + d_x0, {k: grads[k] for k in self._params}
 
     def _layer_backward(self, l, d_next, x0, x_l, projection, cross):
-        """One layer in reverse: ``(dx_l, this layer's share of dx₀, its parameter grads)``."""
+        """One layer in reverse: ``(dx_l, this layer's share of dx̂, its parameter grads)``."""
         w, v = self._params[f"W_kernels.{l}"], self._params[f"V_kernels.{l}"]  # (N, r), (r, N)
         d_cross = x0 * d_next  # (B, N)
         d_projection = d_cross @ w  # (B, r)
@@ -331,12 +333,12 @@ class VectorCache(NamedTuple):
 
 
 class VectorCrossNet(_CrossNetBase):
-    """Vector cross network (DCN-V1): ``x_{l+1} = x₀ (x_lᵀ w_l) + b_l + x_l``.
+    """Vector cross network (DCN-V1): ``x_{l+1} = x̂ (x_lᵀ w_l) + b_l + x_l``.
 
     TorchRec's ``torchrec.modules.crossnet.VectorCrossNet``; DCN-V1
     (https://arxiv.org/abs/1708.05123), the rank-one special case of DCN-V2
-    (https://arxiv.org/abs/2008.13535). The bias is added *outside* the product with ``x₀``:
-    that is what TorchRec's code computes (its docstring writes ``x₀ * (W·x + b)``).
+    (https://arxiv.org/abs/2008.13535). The bias is added *outside* the product with ``x̂``:
+    that is what TorchRec's code computes (its docstring writes ``x̂ * (W·x + b)``).
 
     Parameters
     ----------
@@ -358,17 +360,17 @@ class VectorCrossNet(_CrossNetBase):
     Forward, for l = 0 … L-1::
 
         s_l     = x_l w_l                           (B, 1)   one score per sample
-        x_{l+1} = x₀ s_l + b_lᵀ + x_l               (B, N)
+        x_{l+1} = x̂ s_l + b_lᵀ + x_l                (B, N)
 
     Backward, for l = L-1 … 0, from ``dx_L = d_out``::
 
-        ds_l    = Σ_N x₀ ⊙ dx_{l+1}                 (B, 1)
+        ds_l    = Σ_N x̂ ⊙ dx_{l+1}                  (B, 1)
         dw_l    = x_lᵀ ds_l                         (N, 1)
-        db_l    = Σ_batch dx_{l+1}                  (N, 1)   no x₀ factor: b sits outside
-        dx₀    += s_l dx_{l+1}                      (B, N)
+        db_l    = Σ_batch dx_{l+1}                  (N, 1)   no x̂ factor: b sits outside
+        dx̂     += s_l dx_{l+1}                      (B, N)
         dx_l    = dx_{l+1} + ds_l w_lᵀ              (B, N)
 
-    and ``d_input = dx_0 + dx₀``.
+    and ``d_input = dx_0 + dx̂``.
 
     Examples
     --------
@@ -427,12 +429,12 @@ class VectorCrossNet(_CrossNetBase):
         d_x, d_x0, grads = d_out, np.zeros_like(x0), {}
         for l in reversed(range(self.num_layers)):
             d_x, d_x0_l, layer_grads = self._layer_backward(l, d_x, x0, xs[l], scores[l])
-            d_x0 = d_x0 + d_x0_l  # every layer multiplies by x₀
+            d_x0 = d_x0 + d_x0_l  # every layer multiplies by x̂
             grads.update(layer_grads)
         return d_x + d_x0, {k: grads[k] for k in self._params}
 
     def _layer_backward(self, l, d_next, x0, x_l, score):
-        """One layer in reverse: ``(dx_l, this layer's share of dx₀, its parameter grads)``."""
+        """One layer in reverse: ``(dx_l, this layer's share of dx̂, its parameter grads)``."""
         kernel = self._params[f"kernels.{l}"]  # (N, 1)
         d_score = np.sum(x0 * d_next, axis=1, keepdims=True)  # (B, 1)
         grads = {
@@ -445,11 +447,11 @@ class VectorCrossNet(_CrossNetBase):
 
 class MixtureCache(NamedTuple):
     xs: np.ndarray  # x_l entering each layer, (L, B, N)
-    pre1: np.ndarray  # a_l = V_l x_l, per expert, (L, B, K, r)
-    act1: np.ndarray  # g(a_l), (L, B, K, r)
-    pre2: np.ndarray  # e_l = C_l g(a_l), (L, B, K, r)
-    act2: np.ndarray  # g(e_l), (L, B, K, r)
-    crosses: np.ndarray  # c_l = U_l g(e_l) + b_l, per expert, (L, B, K, N)
+    pre1: np.ndarray  # a_l = V_l x_l, expert by expert, (L, K, B, r)
+    act1: np.ndarray  # g(a_l), (L, K, B, r)
+    pre2: np.ndarray  # e_l = C_l g(a_l), (L, K, B, r)
+    act2: np.ndarray  # g(e_l), (L, K, B, r)
+    crosses: np.ndarray  # c_l = U_l g(e_l) + b_l, (L, K, B, N)
     probs: np.ndarray  # softmax of the gate logits, (L, B, K); all ones when K = 1
 
 
@@ -458,7 +460,7 @@ class LowRankMixtureCrossNet(_CrossNetBase):
 
     DCN-V2 (https://arxiv.org/abs/2008.13535), TorchRec's
     ``torchrec.modules.crossnet.LowRankMixtureCrossNet``. Expert k of layer l is
-    ``x₀ ⊙ (U_lk g(C_lk g(V_lk x_l)) + b_l)``; the layer adds the softmax-weighted sum of its
+    ``x̂ ⊙ (U_lk g(C_lk g(V_lk x_l)) + b_l)``; the layer adds the softmax-weighted sum of its
     experts to ``x_l``. The gate weights are one set shared by every layer. With K = 1 there is
     no gate at all (TorchRec skips it): ``x_{l+1} = expert + x_l``.
 
@@ -489,30 +491,33 @@ class LowRankMixtureCrossNet(_CrossNetBase):
 
     Notes
     -----
-    Forward, for l = 0 … L-1, every expert k at once (G stacks the K gate rows, (K, N))::
+    Forward, for l = 0 … L-1, with samples as rows and all K experts at once (G stacks the K
+    gate rows, (K, N))::
 
-        a_lk    = V_lk x_l                          (B, K, r)
-        e_lk    = C_lk g(a_lk)                      (B, K, r)
-        c_lk    = U_lk g(e_lk) + b_l                (B, K, N)
+        a_lk    = x_l V_lkᵀ                         (K, B, r)
+        e_lk    = g(a_lk) C_lkᵀ                     (K, B, r)
+        c_lk    = g(e_lk) U_lkᵀ + b_lᵀ              (K, B, N)
         p_l     = softmax_k(x_l Gᵀ)                 (B, K)    (p_l = 1 when K = 1)
-        x_{l+1} = Σ_k p_lk (x₀ ⊙ c_lk) + x_l        (B, N)
+        m_l     = Σ_k p_lk c_lk                     (B, N)
+        x_{l+1} = x̂ ⊙ m_l + x_l                     (B, N)    = Σ_k p_lk expert_lk + x_l
 
     Backward, for l = L-1 … 0, from ``dx_L = d_out``::
 
-        dp_lk   = (x₀ ⊙ c_lk) · dx_{l+1}            (B, K)
+        dm_l    = x̂ ⊙ dx_{l+1}                      (B, N)
+        dx̂     += m_l ⊙ dx_{l+1}                    (B, N)
+        dp_lk   = Σ_N c_lk ⊙ dm_l                   (B, K)
         dz_l    = p_l ⊙ (dp_l − Σ_k p_lk dp_lk)     (B, K)    softmax backward (K > 1)
         dG     += dz_lᵀ x_l                         (K, N)    summed over layers: shared
-        dc_lk   = p_lk x₀ ⊙ dx_{l+1}                (B, K, N)
-        dU_lk   = Σ_batch dc_lkᵀ g(e_lk)            (K, N, r)
+        dc_lk   = p_lk dm_l                         (K, B, N)
+        dU_lk   = dc_lkᵀ g(e_lk)                    (K, N, r)
         db_l    = Σ_batch,k dc_lk                   (N, 1)
-        de_lk   = g'(e_lk) ⊙ U_lkᵀ dc_lk            (B, K, r)
-        dC_lk   = Σ_batch de_lk g(a_lk)ᵀ            (K, r, r)
-        da_lk   = g'(a_lk) ⊙ C_lkᵀ de_lk            (B, K, r)
-        dV_lk   = Σ_batch da_lk x_lᵀ                (K, r, N)
-        dx₀    += Σ_k p_lk c_lk ⊙ dx_{l+1}          (B, N)
-        dx_l    = dx_{l+1} + Σ_k V_lkᵀ da_lk + dz_l G   (B, N)
+        de_lk   = (dc_lk U_lk) ⊙ g'(e_lk)           (K, B, r)
+        dC_lk   = de_lkᵀ g(a_lk)                    (K, r, r)
+        da_lk   = (de_lk C_lk) ⊙ g'(a_lk)           (K, B, r)
+        dV_lk   = da_lkᵀ x_l                        (K, r, N)
+        dx_l    = dx_{l+1} + Σ_k da_lk V_lk + dz_l G   (B, N)
 
-    and ``d_input = dx_0 + dx₀``.
+    and ``d_input = dx_0 + dx̂``.
 
     Examples
     --------
@@ -584,19 +589,20 @@ class LowRankMixtureCrossNet(_CrossNetBase):
         x_l = x0
         for l in range(self.num_layers):
             u, v, c = (self._params[f"{name}_kernels.{l}"] for name in "UVC")
-            pre1 = np.einsum("krn,bn->bkr", v, x_l)  # (B, K, r)
-            act1 = g(pre1)  # (B, K, r)
-            pre2 = np.einsum("krs,bks->bkr", c, act1)  # (B, K, r)
-            act2 = g(pre2)  # (B, K, r)
-            expert = np.einsum("knr,bkr->bkn", u, act2)  # (B, K, N)
-            cross = expert + self._params[f"bias.{l}"][:, 0]  # (B, K, N)
+            # Rows times transposed weights, as in the other networks, with the experts
+            # stacked on a leading axis: (B, N) @ (K, N, r) broadcasts to (K, B, r).
+            pre1 = x_l @ v.transpose(0, 2, 1)  # (K, B, r)
+            act1 = g(pre1)  # (K, B, r)
+            pre2 = act1 @ c.transpose(0, 2, 1)  # (K, B, r)
+            act2 = g(pre2)  # (K, B, r)
+            cross = act2 @ u.transpose(0, 2, 1) + self._params[f"bias.{l}"][:, 0]  # (K, B, N)
             if gates is None:
                 probs = np.ones((x0.shape[0], 1), self.dtype)  # (B, 1): no gating when K = 1
             else:
                 probs = softmax(x_l @ gates.T)  # (B, K)
             saved.append((x_l, pre1, act1, pre2, act2, cross, probs))
-            mix = np.einsum("bk,bkn->bn", probs, cross)  # (B, N)
-            x_l = x0 * mix + x_l  # Σ_k p_k (x₀ ⊙ c_k) = x₀ ⊙ Σ_k p_k c_k, (B, N)
+            mix = np.sum(probs.T[:, :, None] * cross, axis=0)  # Σ_k p_k c_k, (B, N)
+            x_l = x0 * mix + x_l  # = Σ_k p_k (x̂ ⊙ c_k) + x_l, (B, N)
         return x_l, MixtureCache(*(np.stack(arrays) for arrays in zip(*saved, strict=True)))
 
     def backward(self, d_out: np.ndarray, cache: MixtureCache):
@@ -621,7 +627,7 @@ class LowRankMixtureCrossNet(_CrossNetBase):
             d_x, d_x0_l, layer_grads, d_gates_l = self._layer_backward(
                 l, d_x, x0, gates, *layer_cache
             )
-            d_x0 = d_x0 + d_x0_l  # every layer multiplies by x₀
+            d_x0 = d_x0 + d_x0_l  # every layer multiplies by x̂
             grads.update(layer_grads)
             if d_gates is not None:
                 d_gates = d_gates + d_gates_l  # one set of gates serves every layer
@@ -631,29 +637,31 @@ class LowRankMixtureCrossNet(_CrossNetBase):
         return d_x + d_x0, {k: grads[k] for k in self._params}
 
     def _layer_backward(self, l, d_next, x0, gates, x_l, pre1, act1, pre2, act2, cross, probs):
-        """One layer in reverse: ``(dx_l, share of dx₀, parameter grads, gate grad or None)``."""
+        """One layer in reverse: ``(dx_l, share of dx̂, parameter grads, gate grad or None)``."""
         u, v, c = (self._params[f"{name}_kernels.{l}"] for name in "UVC")
         derivative = self._activation.derivative
+        weights = probs.T[:, :, None]  # p_k per sample, (K, B, 1)
+        d_mix = x0 * d_next  # (B, N)
+        d_x0 = np.sum(weights * cross, axis=0) * d_next  # the mix times dx_{l+1}, (B, N)
         d_x = d_next  # the identity path
         d_gates = None
         if gates is not None:
-            d_probs = np.einsum("bkn,bn->bk", cross, x0 * d_next)  # (B, K)
+            d_probs = np.sum(cross * d_mix, axis=2).T  # (B, K)
             d_logits = probs * (d_probs - np.sum(probs * d_probs, axis=1, keepdims=True))  # (B, K)
             d_gates = d_logits.T @ x_l  # (K, N)
             d_x = d_x + d_logits @ gates  # the gate path, (B, N)
-        d_cross = probs[:, :, None] * (x0 * d_next)[:, None, :]  # (B, K, N)
-        d_act2 = np.einsum("knr,bkn->bkr", u, d_cross)  # (B, K, r)
-        d_pre2 = d_act2 * derivative(pre2, act2)  # (B, K, r)
-        d_act1 = np.einsum("krs,bkr->bks", c, d_pre2)  # (B, K, r)
-        d_pre1 = d_act1 * derivative(pre1, act1)  # (B, K, r)
+        d_cross = weights * d_mix  # (K, B, N)
+        d_act2 = d_cross @ u  # (K, B, r)
+        d_pre2 = d_act2 * derivative(pre2, act2)  # (K, B, r)
+        d_act1 = d_pre2 @ c  # (K, B, r)
+        d_pre1 = d_act1 * derivative(pre1, act1)  # (K, B, r)
         grads = {
-            f"U_kernels.{l}": np.einsum("bkn,bkr->knr", d_cross, act2),  # (K, N, r)
-            f"V_kernels.{l}": np.einsum("bkr,bn->krn", d_pre1, x_l),  # (K, r, N)
+            f"U_kernels.{l}": d_cross.transpose(0, 2, 1) @ act2,  # (K, N, r)
+            f"V_kernels.{l}": d_pre1.transpose(0, 2, 1) @ x_l,  # (K, r, N)
             f"bias.{l}": d_cross.sum(axis=(0, 1))[:, None],  # (N, 1)
-            f"C_kernels.{l}": np.einsum("bkr,bks->krs", d_pre2, act1),  # (K, r, r)
+            f"C_kernels.{l}": d_pre2.transpose(0, 2, 1) @ act1,  # (K, r, r)
         }
-        d_x = d_x + np.einsum("krn,bkr->bn", v, d_pre1)  # the expert path, (B, N)
-        d_x0 = np.einsum("bk,bkn->bn", probs, cross) * d_next  # (B, N)
+        d_x = d_x + np.sum(d_pre1 @ v, axis=0)  # the expert path, summed over experts, (B, N)
         return d_x, d_x0, grads, d_gates
 
     def kink_distance(self, x: np.ndarray) -> float:
@@ -667,7 +675,7 @@ class LowRankMixtureCrossNet(_CrossNetBase):
         if not self._activation.kinked:
             return float("inf")
         _, cache = self.forward(x)
-        live = np.any(cache.act1 != 0, axis=-1, keepdims=True)  # (L, B, K, 1)
+        live = np.any(cache.act1 != 0, axis=-1, keepdims=True)  # (L, K, B, 1)
         distances = [np.abs(cache.pre1).min()]
         if live.any():
             distances.append(np.abs(np.where(live, cache.pre2, np.inf)).min())

@@ -145,14 +145,14 @@ def test_crossnet_by_hand():
 
 
 def test_vector_crossnet_adds_the_bias_outside_the_x0_product():
-    # TorchRec's code: x₀ (x_lᵀ w) + b + x_l. Its docstring's x₀ ⊙ (w·x_l + b) + x_l would give
+    # TorchRec's code: x̂ (x_lᵀ w) + b + x_l. Its docstring's x̂ ⊙ (w·x_l + b) + x_l would give
     # x + x ⊙ b here.
     net = refimpl.VectorCrossNet(3, 1)
     net.load_state_dict({"kernels.0": np.zeros((3, 1)), "bias.0": [[1.0], [2.0], [3.0]]})
     x = np.array([[10.0, 20.0, 30.0]])
     np.testing.assert_array_equal(net(x), [[11.0, 22.0, 33.0]])
     net.load_state_dict({"kernels.0": [[1.0], [0.0], [0.0]], "bias.0": np.zeros((3, 1))})
-    np.testing.assert_array_equal(net(x), x * 10 + x)  # the score x·w = 10 scales x₀
+    np.testing.assert_array_equal(net(x), x * 10 + x)  # the score x·w = 10 scales x̂
 
 
 def test_low_rank_is_crossnet_with_w_equal_w_v(rng):
@@ -173,7 +173,7 @@ def test_low_rank_is_crossnet_with_w_equal_w_v(rng):
 
 
 def test_identity_mixture_with_one_expert_is_low_rank(rng):
-    # With g = identity and K = 1 the expert is x₀ ⊙ (U C V x + b): a low-rank net, W = U C.
+    # With g = identity and K = 1 the expert is x̂ ⊙ (U C V x + b): a low-rank net, W = U C.
     mix = _net(MIX, {"num_experts": 1, "low_rank": 2, "activation": "identity"}, 5, 2, rng)
     low = refimpl.LowRankCrossNet(5, 2, low_rank=2)
     p = mix.params
@@ -307,7 +307,7 @@ class SoftmaxWithoutCentering(refimpl.LowRankMixtureCrossNet):
     def _layer_backward(self, l, d_next, x0, gates, x_l, *rest):
         d_x, d_x0, grads, d_gates = super()._layer_backward(l, d_next, x0, gates, x_l, *rest)
         cross, probs = rest[-2], rest[-1]
-        d_probs = np.einsum("bkn,bn->bk", cross, x0 * d_next)
+        d_probs = np.sum(cross * (x0 * d_next), axis=2).T  # (B, K)
         centre = np.sum(probs * d_probs, axis=1, keepdims=True)  # (B, 1)
         # add back what the correct backward subtracted
         d_gates = d_gates + (probs * centre).T @ x_l
@@ -317,7 +317,7 @@ class SoftmaxWithoutCentering(refimpl.LowRankMixtureCrossNet):
 
 def _forget_x0(cls):
     class ForgetsX0(cls):
-        """Drops every layer's contribution to dx₀: only the chain through x_l remains."""
+        """Drops every layer's contribution to dx̂: only the chain through x_l remains."""
 
         def _layer_backward(self, *args):
             d_x, d_x0, *rest = super()._layer_backward(*args)
@@ -347,21 +347,16 @@ class CrossNetKernelGradTransposed(refimpl.CrossNet):
 
 
 class MixtureDroppedCTranspose(refimpl.LowRankMixtureCrossNet):
-    """Back through e = C g(a) with C instead of Cᵀ."""
+    """Back through e = g(a) Cᵀ with Cᵀ where C belongs: da = (de Cᵀ) ⊙ g'(a)."""
 
-    def _layer_backward(self, l, d_next, x0, gates, x_l, pre1, act1, pre2, act2, cross, probs):
-        u, v, c = (self._params[f"{name}_kernels.{l}"] for name in "UVC")
-        d_x, d_x0, grads, d_gates = super()._layer_backward(
-            l, d_next, x0, gates, x_l, pre1, act1, pre2, act2, cross, probs
-        )
-        d = self._activation.derivative
-        d_cross = probs[:, :, None] * (x0 * d_next)[:, None, :]
-        d_pre2 = np.einsum("knr,bkn->bkr", u, d_cross) * d(pre2, act2)
-        right = np.einsum("krs,bkr->bks", c, d_pre2) * d(pre1, act1)
-        wrong = np.einsum("ksr,bkr->bks", c, d_pre2) * d(pre1, act1)
-        d_x = d_x + np.einsum("krn,bkr->bn", v, wrong - right)
-        grads[f"V_kernels.{l}"] = np.einsum("bkr,bn->krn", wrong, x_l)
-        return d_x, d_x0, grads, d_gates
+    def _layer_backward(self, l, *args):
+        key = f"C_kernels.{l}"
+        kept = self._params[key]
+        self._params[key] = kept.transpose(0, 2, 1)
+        try:
+            return super()._layer_backward(l, *args)
+        finally:
+            self._params[key] = kept
 
 
 def _gradcheck(net, batch=3, seed=0):
@@ -431,7 +426,7 @@ def test_a_dead_expert_is_not_a_kink():
     net.params["V_kernels.0"][0] = -np.abs(net.params["V_kernels.0"][0])  # expert 0 dead on x > 0
     x = np.array([[0.5, 1.0, 1.5], [1.0, 0.7, 0.2]])
     _, cache = net.forward(x)
-    assert not cache.act1[0, :, 0].any() and not cache.pre2[0, :, 0].any()
+    assert not cache.act1[0, 0].any() and not cache.pre2[0, 0].any()  # layer 0, expert 0
     assert net.kink_distance(x) > 1e-3
     assert refimpl.gradcheck(net, (x,)).ok
 

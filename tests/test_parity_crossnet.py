@@ -130,7 +130,7 @@ def test_vector_crossnet_bias_placement_is_torchrecs_code_not_its_docstring():
     module = cases.torch_crossnet(net)
     theirs = module(torch.from_numpy(x)).detach().numpy()
     np.testing.assert_allclose(net(x), theirs, rtol=1e-12)
-    # The docstring's x₀ ⊙ (w·x_l + b) + x_l is a different function.
+    # The docstring's x̂ ⊙ (w·x_l + b) + x_l is a different function.
     x_l = x
     for l in range(2):
         w, b = net.params[f"kernels.{l}"], net.params[f"bias.{l}"][:, 0]
