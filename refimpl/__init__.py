@@ -17,7 +17,7 @@ from refimpl.crossnet import (
 )
 from refimpl.dcn import InteractionDCNArch
 from refimpl.dot import InteractionArch, pair_indices
-from refimpl.gradcheck import GradCheckResult, gradcheck, rel_error
+from refimpl.gradcheck import GradCheckResult, draw_away_from_kinks, gradcheck, rel_error
 from refimpl.mlp import MLP, DenseArch, Linear, OverArch
 from refimpl.projection import InteractionProjectionArch
 
@@ -37,6 +37,7 @@ __all__ = [
     "OverArch",
     "VectorCrossNet",
     "crossnet_loop",
+    "draw_away_from_kinks",
     "get_activation",
     "gradcheck",
     "pair_indices",

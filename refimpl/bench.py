@@ -144,7 +144,7 @@ class Case:
 
     ``build(sizes, dtype, rng)`` returns ``(layer, inputs)`` and may raise ImportError or
     AttributeError while the layer is not written yet. ``torch_module(layer, sizes)`` builds the
-    TorchRec module (torch imported inside). ``flops(layer, inputs)`` defaults to
+    TorchRec module (torch imported inside). ``flops(layer, *inputs)`` defaults to
     :func:`refimpl.flops.count_flops`.
     """
 
@@ -325,7 +325,8 @@ def _torch_mlp(layer, sizes):
 
 
 def _cases() -> list[Case]:
-    ratio_half, ratio_one, peak = Target("ratio", 0.5), Target("ratio", 1.0), Target("peak", 0.7)
+    ratio_half, ratio_one = Target("ratio", 0.5), Target("ratio", 1.0)
+    peak = Target("peak", PEAK_TARGET)
     cross_cfg = "N={0.n} L={0.layers}".format
     cases = [
         Case(
@@ -509,32 +510,53 @@ def walk_cache(cache, prefix: str = ""):
 @dataclass
 class CacheEntry:
     name: str
-    shape: str  # with B written as "B"
+    shape: str  # with the batch axis written as "B"
     dtype: str
     nbytes: int
-    note: str = ""  # "input" when it is (a view of) a forward input, "duplicate" when repeated
+    note: str = ""  # "input": (a view of) a forward input; "view of X": memory already counted
+
+
+def _extent(array: np.ndarray) -> tuple[int, int]:
+    """The byte range ``[start, end)`` an array's elements occupy."""
+    start = end = array.__array_interface__["data"][0]
+    for size, stride in zip(array.shape, array.strides, strict=True):
+        if size == 0:
+            return start, start
+        reach = (size - 1) * stride
+        start, end = (start + reach, end) if reach < 0 else (start, end + reach)
+    return start, end + array.itemsize
 
 
 def describe_cache(cache, batch: int, inputs=()) -> list[CacheEntry]:
-    """The arrays a cache holds, each once; a view of a forward input is marked ``input``."""
-    entries, seen = [], set()
+    """The arrays a cache holds; memory that another entry already covers is marked a view.
+
+    An entry whose bytes lie inside an earlier entry's (the same array kept twice, or a
+    reshape of it) is "view of <name>" and not counted again; one that shares memory with a
+    forward input is marked "input" (counted: the cache keeps it alive).
+    """
+    entries, seen = [], []
     for name, array in walk_cache(cache):
-        key = (array.__array_interface__["data"][0], array.shape, array.strides)
         axes = [str(s) for s in array.shape]
         if batch in array.shape:  # the first axis of size B is the batch axis
             axes[array.shape.index(batch)] = "B"
-        shape = "(" + ", ".join(axes) + ")"
-        note = "duplicate" if key in seen else ""
-        if not note and any(np.may_share_memory(array, x) for x in inputs):
+        start, end = _extent(array)
+        owner = next((n for n, (a, b) in seen if a <= start and end <= b), None)
+        if owner is not None:
+            note = f"view of {owner}"
+        elif any(np.may_share_memory(array, x) for x in inputs):
             note = "input"
-        seen.add(key)
+        else:
+            note = ""
+        if owner is None:
+            seen.append((name, (start, end)))
+        shape = "(" + ", ".join(axes) + ("," if len(axes) == 1 else "") + ")"
         entries.append(CacheEntry(name, shape, str(array.dtype), array.nbytes, note))
     return entries
 
 
 def cache_bytes(entries: list[CacheEntry]) -> int:
     """Bytes of the distinct arrays (inputs the cache refers to included)."""
-    return sum(e.nbytes for e in entries if e.note != "duplicate")
+    return sum(e.nbytes for e in entries if not e.note.startswith("view of"))
 
 
 def _time_runs(run: Callable[[], tuple[float, float]], warmup: int, repeats: int):
@@ -775,6 +797,32 @@ def format_targets(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
+# What each backward reads, and so the least a cache must hold (without recomputing).
+BACKWARD_NEEDS = {
+    "InteractionArch": "C = [dense; sparse], (F+1)·D: dC = (G + Gᵀ) C",
+    "CrossNet": "x_l (for dW_l) and c_l = W_l x_l + b_l (for dx₀ += c_l ⊙ g), 2·L·N",
+    "LowRankCrossNet": "x_l (dV_l), V_l x_l (dW_l), c_l (dx₀): L·(2N + r)",
+    "VectorCrossNet": "x_l (dw_l) and s_l = x_l·w_l (dx₀ += s_l g): L·(N + 1)",
+    "LowRankMixtureCrossNet": (
+        "x_l, φ(V x_l) (dC), φ(C φ(V x_l)) (dU), p (softmax), and Σ_k p_k c_k for dx₀: "
+        "L·(2N + 2K·r + K). Pre-activations are redundant (φ' from φ's output), and the "
+        "experts' c_k (K·N per layer) can go: (x₀⊙g)·c_k = φ₂_k·(U_kᵀ(x₀⊙g)) + b·(x₀⊙g), "
+        "and U_kᵀ(x₀⊙g) is formed for dφ₂ anyway"
+    ),
+    "InteractionDCNArch": "its cross network's (the flattened C is its x₀)",
+    "InteractionProjectionArch": (
+        "Y and Z (dY = dI Zᵀ, dZ = Yᵀ dI) and the branches' caches; Y, Z are the branches' "
+        "outputs, kept once"
+    ),
+    "MLP": (
+        "each Linear's input (dW) and φ' of each layer: the inputs plus the last layer's "
+        "output suffice (layer i's output is layer i+1's input; φ' from φ's output)"
+    ),
+}
+for _name in ("DenseArch", "OverArch"):
+    BACKWARD_NEEDS[_name] = BACKWARD_NEEDS["MLP"]
+
+
 def format_caches(results: list[Result], markdown: bool = False) -> str:
     """What each layer's cache holds (first dtype measured), per sample."""
     seen, lines = set(), []
@@ -786,7 +834,11 @@ def format_caches(results: list[Result], markdown: bool = False) -> str:
         parts = [f"{e.name} {e.shape}" + (f" [{e.note}]" if e.note else "") for e in r.cache]
         text = ", ".join(parts) if parts else "nothing"
         per_sample = f"{r.cache_per_sample:,.0f} B/sample in {r.dtype}"
-        lines.append(f"{'- ' if markdown else ''}{r.layer} {r.config}: {text} ({per_sample})")
+        needs = BACKWARD_NEEDS.get(r.layer, "?")
+        lines.append(
+            f"{'- ' if markdown else ''}{r.layer} {r.config}: {text} ({per_sample}). "
+            f"Backward needs: {needs}."
+        )
     return "\n".join(lines)
 
 
@@ -953,8 +1005,12 @@ def run_bench(
         from threadpoolctl import threadpool_limits
 
         threadpool_limits(threads)
+        os.environ["OMP_NUM_THREADS"] = str(threads)  # refimpl.dot.stacked_matmul reads it
     numpy_threads = blas_threads()
     settings["NumPy BLAS threads"] = str(numpy_threads)
+    from refimpl.dot import matmul_threads
+
+    settings["refimpl stacked-matmul threads"] = str(matmul_threads())
     if use_torch:
         use_torch, note = _torch_available()
         if use_torch:

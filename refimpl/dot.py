@@ -6,6 +6,9 @@ sample (dense at row 0), the output is ``concat(dense, (C Cᵀ)[i, j] for the ke
 
 from __future__ import annotations
 
+import itertools
+import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
 import numpy as np
@@ -13,6 +16,41 @@ import numpy as np
 from refimpl._layer import Layer, check_array, check_positive_int
 
 PAIR_ORDERS = ("triu", "tril")
+SPLIT_MIN_WORK = 1 << 22  # multiply-adds below which one thread beats handing out slices
+_pools: dict[int, ThreadPoolExecutor] = {}
+
+
+def matmul_threads() -> int:
+    """Threads for :func:`stacked_matmul`: ``OMP_NUM_THREADS`` if set, else the usable cores."""
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit():
+        return max(1, int(os.environ["OMP_NUM_THREADS"]))
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def stacked_matmul(a: np.ndarray, b: np.ndarray, threads: int | None = None) -> np.ndarray:
+    """``a @ b`` for stacks of small matrices, (S, m, k) @ (S, k, n), the stack split on threads.
+
+    NumPy multiplies a stack one matrix at a time on one core, and each of these products is
+    too small for BLAS to spread over more. Slices of the stack on separate threads (NumPy lets
+    go of the GIL while it multiplies) use the other cores; the numbers are those of ``a @ b``.
+
+    >>> a, b = np.ones((4, 2, 3)), np.ones((4, 3, 5))
+    >>> bool(np.array_equal(stacked_matmul(a, b, threads=2), a @ b))
+    True
+    """
+    threads = matmul_threads() if threads is None else threads
+    stack, m, k = a.shape
+    n = b.shape[-1]
+    if threads < 2 or stack < threads or stack * m * k * n < SPLIT_MIN_WORK:
+        return a @ b
+    out = np.empty((stack, m, n), np.result_type(a, b))  # (S, m, n)
+    bounds = [stack * i // threads for i in range(threads + 1)]
+    parts = [slice(lo, hi) for lo, hi in itertools.pairwise(bounds)]
+    if threads not in _pools:
+        _pools[threads] = ThreadPoolExecutor(threads, thread_name_prefix="refimpl-matmul")
+    pool = _pools[threads]
+    list(pool.map(lambda part: np.matmul(a[part], b[part], out=out[part]), parts))
+    return out
 
 
 def pair_indices(
@@ -74,9 +112,11 @@ class InteractionArch(Layer):
     ``d_sparse = dC[:, 1:]``.
 
     For speed the layer reads the pairs from ``C Sᵀ`` (a plain matrix product per sample)
-    rather than ``C Cᵀ`` (which NumPy hands to the slower syrk), and scatters ``G + Gᵀ`` in one
-    array. :func:`interaction_plain` and :func:`interaction_plain_backward` keep the textbook
-    forms above; the tests check that both give the same numbers.
+    rather than ``C Cᵀ`` (which NumPy hands to the slower syrk), gathers ``G + Gᵀ`` into one
+    array instead of scattering ``G`` and adding its transpose, and multiplies the stacks of
+    per-sample matrices on all cores (:func:`stacked_matmul`). :func:`interaction_plain`
+    and :func:`interaction_plain_backward` keep the textbook forms above; the tests check that
+    the layer gives the same numbers.
 
     Examples
     --------
@@ -106,7 +146,7 @@ class InteractionArch(Layer):
         self.self_interaction = bool(self_interaction)
         self.pair_order = pair_order
         self.rows, self.cols = pair_indices(self.num_sparse_features, self_interaction, pair_order)
-        self._cross_index, self._flat_ij, self._flat_ji = _fast_indices(
+        self._cross_index, self._sym_index, self._diagonal = _fast_indices(
             self.num_sparse_features, self.rows, self.cols
         )
 
@@ -144,10 +184,10 @@ class InteractionArch(Layer):
         if self.num_sparse_features == 0:
             return dense, DotCache(combined)
         # The pairs of C Cᵀ, read from C Sᵀ: Z is symmetric, so pair (i, j) is Z[min, max], and
-        # max >= 1 except for (0, 0). C Sᵀ is a plain GEMM per sample, where NumPy would run
-        # C @ Cᵀ (same buffer twice) through syrk plus a triangle copy: about twice as slow.
-        cross = combined @ sparse.transpose(0, 2, 1)  # C Sᵀ, (B, F+1, F): [i, j-1] = c_i·c_j
-        pairs = cross.reshape(len(dense), -1)[:, self._cross_index]  # (B, P)
+        # max >= 1 except for (0, 0); cross[b, i, j-1] = c_i·c_j. C Sᵀ is a plain GEMM per
+        # sample, where NumPy would run C @ Cᵀ (one buffer twice) through the slower syrk.
+        cross = stacked_matmul(combined, sparse.transpose(0, 2, 1))  # C Sᵀ, (B, F+1, F)
+        pairs = np.take(cross.reshape(len(dense), -1), self._cross_index, axis=1)  # (B, P)
         if self.self_interaction:  # the dense vector's own square is not in C Sᵀ
             pairs[:, self._cross_index < 0] = np.einsum("bd,bd->b", dense, dense)[:, None]
         return np.concatenate([dense, pairs], axis=1), DotCache(combined)  # (B, D + P)
@@ -171,12 +211,11 @@ class InteractionArch(Layer):
         if self.num_sparse_features == 0:
             return d_out.copy(), np.zeros((batch, 0, dim), combined.dtype), {}
         d_pairs = d_out[:, dim:]  # (B, P)
-        # G + Gᵀ built directly: pair (i, j)'s gradient goes to [i, j] and to [j, i] (twice onto
-        # the diagonal, as d(c·c)/dc = 2c needs).
-        d_gram_sym = np.zeros((batch, n * n), combined.dtype)  # G + Gᵀ flattened, (B, (F+1)²)
-        d_gram_sym[:, self._flat_ij] = d_pairs
-        d_gram_sym[:, self._flat_ji] += d_pairs
-        d_combined = d_gram_sym.reshape(batch, n, n) @ combined  # (G + Gᵀ) C, (B, F+1, D)
+        # G + Gᵀ in one gather: entry (i, j) is the gradient of the kept pair {i, j}, 0 if no
+        # pair {i, j} is kept, twice the pair's on the diagonal (d(c·c)/dc = 2c).
+        values = [d_pairs, np.zeros((batch, 1), combined.dtype), 2 * d_pairs[:, self._diagonal]]
+        d_gram_sym = np.take(np.concatenate(values, axis=1), self._sym_index, axis=1)
+        d_combined = stacked_matmul(d_gram_sym.reshape(batch, n, n), combined)  # (G + Gᵀ) C
         d_dense = d_out[:, :dim] + d_combined[:, 0]  # (B, D)
         return d_dense, d_combined[:, 1:], {}  # d_sparse: a view of d_combined, (B, F, D)
 
@@ -184,14 +223,21 @@ class InteractionArch(Layer):
 def _fast_indices(num_sparse_features: int, rows: np.ndarray, cols: np.ndarray):
     """Index arrays for the fast forward and backward.
 
-    ``cross_index``: where pair (i, j) sits in C Sᵀ flattened, (B, (F+1)·F), read as
+    ``cross_index`` (P,): where pair (i, j) sits in C Sᵀ flattened, (B, (F+1)·F), read as
     (min, max) since Z is symmetric; -1 for (0, 0), which C Sᵀ does not hold.
-    ``flat_ij`` and ``flat_ji``: where (i, j) and (j, i) sit in (F+1)² flattened.
+    ``sym_index`` ((F+1)²,): for entry (i, j) of G + Gᵀ, the column of
+    ``[d_pairs, 0, 2·d_pairs[:, diagonal]]`` (B, P+1+len(diagonal)) that holds its value.
+    ``diagonal``: the positions of the pairs (i, i) in the pair list.
     """
-    n = num_sparse_features + 1
+    n, p = num_sparse_features + 1, len(rows)
     low, high = np.minimum(rows, cols), np.maximum(rows, cols)
     cross_index = np.where(high >= 1, low * num_sparse_features + high - 1, -1)
-    return cross_index, rows * n + cols, cols * n + rows
+    diagonal = np.flatnonzero(rows == cols)
+    sym_index = np.full(n * n, p)  # column P of the values is 0: pairs not kept
+    sym_index[rows * n + cols] = np.arange(p)
+    sym_index[cols * n + rows] = np.arange(p)
+    sym_index[rows[diagonal] * (n + 1)] = p + 1 + np.arange(len(diagonal))
+    return cross_index, sym_index, diagonal
 
 
 def interaction_plain(
@@ -218,7 +264,7 @@ def interaction_plain_backward(
 ) -> tuple[np.ndarray, np.ndarray]:
     """The backward in its textbook form: ``G`` scattered, then ``dC = (G + Gᵀ) C``.
 
-    The layer builds ``G + Gᵀ`` in one scatter instead of two arrays; same result.
+    The layer gathers ``G + Gᵀ`` into one array instead of building two; same result.
 
     >>> rows, cols = pair_indices(2)
     >>> out, combined = interaction_plain(np.array([[1.0, 2.0]]),

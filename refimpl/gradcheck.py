@@ -197,7 +197,7 @@ def gradcheck(
         raise ValueError(
             f"gradcheck: a pre-activation lies {distance:.1e} from a ReLU kink (margin "
             f"{margin:.1e}); finite differences are not derivatives there: draw other inputs "
-            "(see refimpl.gradcheck.draw_away_from_kinks)"
+            "(from refimpl.gradcheck import draw_away_from_kinks)"
         )
 
     out, cache = layer.forward(*inputs)

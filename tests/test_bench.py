@@ -132,13 +132,14 @@ class _Cache(NamedTuple):
 def test_cache_description_counts_each_array_once():
     x = np.zeros((4, 3))
     y = np.zeros((2, 4, 5), np.float32)
-    cache = _Cache(x, y, y, ({"k": np.ones(4)}, None))
+    cache = _Cache(x, y, y.reshape(8, 5), ({"k": np.ones(4)}, None, y[1]))
     entries = bench.describe_cache(cache, batch=4, inputs=(x,))
     assert [(e.name, e.shape, e.note) for e in entries] == [
         ("x", "(B, 3)", "input"),
         ("y", "(2, B, 5)", ""),
-        ("again", "(2, B, 5)", "duplicate"),
-        ("nested[0]['k']", "(B)", ""),
+        ("again", "(8, 5)", "view of y"),
+        ("nested[0]['k']", "(B,)", ""),
+        ("nested[2]", "(B, 5)", "view of y"),
     ]
     assert bench.cache_bytes(entries) == x.nbytes + y.nbytes + 32
 

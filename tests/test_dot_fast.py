@@ -8,7 +8,14 @@ The layer reads its pairs from ``C Sᵀ`` and scatters ``G + Gᵀ`` in one array
 import numpy as np
 import pytest
 
-from refimpl.dot import InteractionArch, interaction_plain, interaction_plain_backward
+from refimpl.dot import (
+    SPLIT_MIN_WORK,
+    InteractionArch,
+    interaction_plain,
+    interaction_plain_backward,
+    matmul_threads,
+    stacked_matmul,
+)
 
 TOL = {np.float64: 1e-12, np.float32: 1e-5}
 
@@ -44,3 +51,35 @@ def test_diagonal_pair_of_the_dense_vector_is_filled_in(rng):
     dense, sparse = rng.standard_normal((3, 4)), rng.standard_normal((3, 2, 4))
     out = arch(dense, sparse)
     np.testing.assert_allclose(out[:, 4], np.sum(dense * dense, axis=1), rtol=1e-14)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_stacked_matmul_is_a_matmul(rng, threads):
+    a = rng.standard_normal((61, 27, 128))  # 61·27·128·26 multiply-adds: above SPLIT_MIN_WORK
+    b = rng.standard_normal((61, 26, 128)).transpose(0, 2, 1)
+    assert a.shape[0] * 27 * 128 * 26 >= SPLIT_MIN_WORK
+    np.testing.assert_array_equal(stacked_matmul(a, b, threads), a @ b)
+    small = rng.standard_normal((2, 3, 4))
+    np.testing.assert_array_equal(
+        stacked_matmul(small, small.transpose(0, 2, 1), threads), small @ small.transpose(0, 2, 1)
+    )
+
+
+def test_threads_follow_omp_num_threads(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert matmul_threads() == 3
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert matmul_threads() >= 1
+
+
+def test_fast_layer_equals_plain_form_when_the_stack_is_split(rng):
+    arch = InteractionArch(26)
+    dense, sparse = rng.standard_normal((48, 128)), rng.standard_normal((48, 26, 128))
+    out, cache = arch.forward(dense, sparse)
+    plain_out, combined = interaction_plain(dense, sparse, arch.rows, arch.cols)
+    np.testing.assert_allclose(out, plain_out, rtol=1e-12, atol=1e-12)
+    d_out = rng.standard_normal(out.shape)
+    d_dense, d_sparse, _ = arch.backward(d_out, cache)
+    plain_dense, plain_sparse = interaction_plain_backward(d_out, combined, arch.rows, arch.cols)
+    np.testing.assert_allclose(d_dense, plain_dense, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(d_sparse, plain_sparse, rtol=1e-12, atol=1e-12)
