@@ -41,6 +41,10 @@ from refimpl.flops import FlopCount, count_flops, projection_flops
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
 PEAK_TARGET = 0.70  # matmul-bound layers: at least this fraction of NumPy's matmul peak
+# Untimed pause before every run: torch's OpenMP threads keep spinning for a while after each
+# parallel region (OpenBLAS's after each call), so a short layer timed right after TorchRec ran
+# about 1.5x slower on this 2-core machine; 50 ms lets them go idle.
+SETTLE_SECONDS = 0.05
 
 COLUMNS = (
     "layer",
@@ -737,6 +741,8 @@ def run_case(
             for i in range(warmup + repeats):
                 progress(f"run {i + 1 - warmup}/{repeats}" if i >= warmup else "warm-up")
                 for name, run in runs.items():  # interleaved: both see the same machine load
+                    if careful:
+                        time.sleep(SETTLE_SECONDS)
                     timing = run()
                     if i >= warmup:
                         times[name].append(timing)
@@ -977,12 +983,13 @@ METHOD = """\
 Times are medians of the timed runs after warm-up; one run is forward then backward on a fixed
 random upstream gradient, the forward time read inside the same run. TorchRec runs the same
 module with the same weights and inputs, with torch's intra-op threads set to NumPy's BLAS
-threads, interleaved run by run with refimpl's. FLOPs are refimpl.flops' analytic counts of the
-layer's formulas (2 per multiply-add, 1 per other + − × ÷ exp; selections and copies free), so
-GFLOP/s rewards doing less redundant work. "% peak" divides by the n×n×n GEMM rate measured in
-the same run. Cache bytes count each distinct array in the cache once, including inputs the
-cache refers to (marked [input]). The machine may be shared: compare ratios, not absolute
-times."""
+threads, interleaved run by run with refimpl's, with an untimed 50 ms pause before each run so
+that the other library's spinning worker threads have gone idle. FLOPs are refimpl.flops'
+analytic counts of the layer's formulas (2 per multiply-add, 1 per other + − × ÷ exp;
+selections and copies free), so GFLOP/s rewards doing less redundant work. "% peak" divides by
+the n×n×n GEMM rate measured between the same layer's runs. Cache bytes count each distinct
+array in the cache once, including inputs the cache refers to (marked [input]). The machine
+may be shared: compare ratios, not absolute times."""
 
 
 def run_bench(
