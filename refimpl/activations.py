@@ -1,7 +1,7 @@
 """Activations by name, each with its forward and its derivative, defined once.
 
-The derivative is written in terms of the activation's *input* ``z`` and *output* ``a`` so a
-backward can use whichever it kept. ReLU's derivative at exactly 0 is 0, as in PyTorch.
+The derivative takes the activation's *input* ``z`` and *output* ``a``; each of ours needs only
+``a``, so a backward may keep the outputs alone (pass ``z=None``). ReLU's derivative at exactly 0 is 0, as in PyTorch.
 
 >>> act = get_activation("relu")
 >>> z = np.array([-1.0, 0.0, 2.0])
@@ -37,7 +37,9 @@ def _relu(z):
 
 
 def _relu_derivative(z, a):
-    return (z > 0).astype(z.dtype)  # 0 at exactly 0, as torch
+    # From the output alone (a > 0 exactly when z > 0), so a backward may keep only a; 0 at
+    # exactly 0, as torch.
+    return (a > 0).astype(a.dtype)
 
 
 def _tanh_derivative(z, a):
@@ -47,7 +49,7 @@ def _tanh_derivative(z, a):
 ACTIVATIONS: dict[str, Activation] = {
     "relu": Activation("relu", _relu, _relu_derivative, kinked=True),
     "tanh": Activation("tanh", np.tanh, _tanh_derivative),
-    "identity": Activation("identity", lambda z: z, lambda z, a: np.ones_like(z)),
+    "identity": Activation("identity", lambda z: z, lambda z, a: np.ones_like(a)),
 }
 
 

@@ -181,8 +181,8 @@ class InteractionArch(Layer):
         if sparse.dtype != dense.dtype:
             raise TypeError(f"sparse: dtype {sparse.dtype} differs from dense's {dense.dtype}")
         combined = np.concatenate([dense[:, None, :], sparse], axis=1)  # (B, F+1, D)
-        if self.num_sparse_features == 0:
-            return dense, DotCache(combined)
+        if self.num_sparse_features == 0:  # TorchRec returns dense itself; a copy is safer
+            return dense.copy(), DotCache(combined)
         # The pairs of C Cᵀ, read from C Sᵀ: Z is symmetric, so pair (i, j) is Z[min, max], and
         # max >= 1 except for (0, 0); cross[b, i, j-1] = c_i·c_j. C Sᵀ is a plain GEMM per
         # sample, where NumPy would run C @ Cᵀ (one buffer twice) through the slower syrk.
