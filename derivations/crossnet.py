@@ -91,6 +91,8 @@ MIXTURE = "LowRankMixtureCrossNet"
 ACTIVATIONS = ("tanh", "identity", "relu")
 SEED_IN_FEATURES = 12  # N = (F+1)·D at the seed's F = 2, D = 4
 MISTAKES = ("forget_x0_path", "gate_grad_one_layer", "softmax_vjp_without_shift")
+DCN = "InteractionDCNArch"
+DCN_MISTAKES = ("dense_row_last", "reshape_transposed")  # wrong ways to split d_combined
 _POINT_SEED = 20_200_813  # the random rational point of the mixture proofs (fixed: reproducible)
 _POINT_SCALE = 2**40  # the point's rationals are n / 2⁴⁰
 
@@ -107,7 +109,7 @@ class Config:
     Attributes
     ----------
     kind : str
-        One of :data:`KINDS`.
+        One of :data:`KINDS`: the cross network (also inside an InteractionDCNArch).
     batch, in_features, num_layers : int
         B, N, L.
     low_rank : int or None
@@ -116,6 +118,9 @@ class Config:
         K (LowRankMixtureCrossNet).
     activation : str or None
         g (LowRankMixtureCrossNet): "tanh", "identity" or "relu".
+    num_sparse_features, embedding_dim : int or None
+        F and D when the network sits inside an ``InteractionDCNArch`` (then N = (F+1)·D and
+        the inputs are ``dense`` and ``sparse``); None for the network on its own.
     """
 
     kind: str
@@ -125,9 +130,24 @@ class Config:
     low_rank: int | None = None
     num_experts: int | None = None
     activation: str | None = None
+    num_sparse_features: int | None = None
+    embedding_dim: int | None = None
+
+    @property
+    def dcn(self) -> bool:
+        """True for a cross network inside an ``InteractionDCNArch``."""
+        return self.num_sparse_features is not None
+
+    @property
+    def layer(self) -> str:
+        """The refimpl (and TorchRec) class checked: the cross network or InteractionDCNArch."""
+        return DCN if self.dcn else self.kind
 
     def label(self) -> str:
         parts = [self.kind, f"B={self.batch}", f"N={self.in_features}", f"L={self.num_layers}"]
+        if self.dcn:
+            dcn = [DCN, f"B={self.batch}", f"F={self.num_sparse_features}"]
+            parts = [*dcn, f"D={self.embedding_dim}", f"over {self.kind}", *parts[2:]]
         if self.num_experts is not None:
             parts.append(f"K={self.num_experts}")
         if self.low_rank is not None:
@@ -149,21 +169,55 @@ def make_config(
     kind: str,
     *,
     batch: int = 2,
-    in_features: int = 4,
+    in_features: int | None = None,
     num_layers: int = 2,
     low_rank: int = 2,
     num_experts: int = 2,
     activation: str = "tanh",
+    crossnet_kind: str | None = None,
+    num_sparse_features: int = 2,
+    embedding_dim: int = 2,
 ) -> Config:
     """A :class:`Config` with the defaults B=2, N=4, L=2, r=2, K=2, tanh.
+
+    ``kind="InteractionDCNArch"`` puts the network ``crossnet_kind`` inside the DCN
+    interaction, over ``dense`` (B, D) and ``sparse`` (B, F, D) with the defaults F=2, D=2, so
+    N = (F+1)·D = 6 (``in_features`` follows from F and D). F = 0, where TorchRec returns
+    ``dense`` without calling the cross network, has nothing to prove and is refused.
 
     >>> make_config("VectorCrossNet", in_features=12).label()
     'VectorCrossNet B=2 N=12 L=2'
     >>> make_config(MIXTURE, num_experts=1, activation="relu").label()
     'LowRankMixtureCrossNet B=2 N=4 L=2 K=1 r=2 relu'
+    >>> make_config("InteractionDCNArch", crossnet_kind="LowRankCrossNet").label()
+    'InteractionDCNArch B=2 F=2 D=2 over LowRankCrossNet N=6 L=2 r=2'
     """
+    if kind == DCN:
+        if crossnet_kind not in KINDS:
+            raise ValueError(f"crossnet_kind: expected one of {KINDS}, got {crossnet_kind!r}")
+        for name, value in (("num_sparse_features", num_sparse_features), ("embedding_dim", embedding_dim)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
+        width = (num_sparse_features + 1) * embedding_dim
+        if in_features is not None and in_features != width:
+            raise ValueError(
+                f"in_features: N = (F+1)·D = {width} inside InteractionDCNArch, got {in_features}"
+            )
+        cfg = make_config(
+            crossnet_kind,
+            batch=batch,
+            in_features=width,
+            num_layers=num_layers,
+            low_rank=low_rank,
+            num_experts=num_experts,
+            activation=activation,
+        )
+        return replace(cfg, num_sparse_features=num_sparse_features, embedding_dim=embedding_dim)
     if kind not in KINDS:
-        raise ValueError(f"kind: expected one of {KINDS}, got {kind!r}")
+        raise ValueError(f"kind: expected one of {(*KINDS, DCN)}, got {kind!r}")
+    if crossnet_kind is not None:
+        raise ValueError(f"crossnet_kind: only for kind={DCN!r}, got kind={kind!r}")
+    in_features = 4 if in_features is None else in_features
     sizes = (("batch", batch), ("in_features", in_features), ("num_layers", num_layers))
     sizes += (("low_rank", low_rank), ("num_experts", num_experts))
     for name, value in sizes:
@@ -255,17 +309,20 @@ class Atom(NamedTuple):
 
 
 class Network(NamedTuple):
-    """A cross network built in symbols.
+    """A cross network built in symbols (on its own, or inside an InteractionDCNArch).
 
     Attributes
     ----------
     config : Config
     ring : PolyRing
-        QQ[g…, x…, parameters…, atoms…], the upstream gradient's symbols first.
+        QQ[g…, x…, parameters…, atoms…], the upstream gradient's symbols first (inside the
+        DCN the inputs' symbols are ``d…`` and ``s…`` in place of ``x…``).
     upstream : ndarray of PolyElement, shape (B, N)
         G, entries ``g_{b,n} = ∂L/∂y_{b,n}``.
     x : ndarray of PolyElement, shape (B, N)
-        The input ``x̂`` (``x_0``), entries ``x_{b,n}``.
+        The cross network's input ``x̂`` (``x_0``), entries ``x_{b,n}``; inside the DCN
+        ``concat(dense[:, None], sparse, axis=1).reshape(B, N)``, the same symbols as
+        ``inputs`` in the order the forward reads them.
     params : dict of str to ndarray of PolyElement
         Keyed and shaped exactly like TorchRec's ``state_dict()``.
     atoms : tuple of Atom
@@ -278,6 +335,10 @@ class Network(NamedTuple):
         Y.
     loss : PolyElement
         ``L = Σ G ⊙ Y``.
+    inputs : dict of str to ndarray of PolyElement
+        The layer's inputs as refimpl names them: ``{"x": x}`` for a cross network,
+        ``{"dense": (B, D), "sparse": (B, F, D)}`` (entries ``d_{b,j}``, ``s_{b,f,j}``) for
+        the DCN.
     """
 
     config: Config
@@ -289,6 +350,7 @@ class Network(NamedTuple):
     cache: tuple
     output: np.ndarray
     loss: PolyElement
+    inputs: dict[str, np.ndarray]
 
     @property
     def symbolic(self) -> bool:
@@ -296,8 +358,13 @@ class Network(NamedTuple):
         return not self.atoms
 
     def leaves(self) -> dict[str, np.ndarray]:
-        """The input ``x`` and every parameter: what the gradient is taken with respect to."""
-        return {"x": self.x, **self.params}
+        """The inputs and every parameter: what the gradient is taken with respect to.
+
+        Keyed like the refimpl layer's inputs and ``params``: ``x`` and the network's keys, or
+        ``dense``, ``sparse`` and the keys prefixed ``crossnet.`` inside the DCN.
+        """
+        prefix = "crossnet." if self.config.dcn else ""
+        return {**self.inputs, **{prefix + key: arr for key, arr in self.params.items()}}
 
 
 def network(kind: str, **config) -> Network:
@@ -306,16 +373,20 @@ def network(kind: str, **config) -> Network:
     Parameters
     ----------
     kind : str
-        One of :data:`KINDS`.
+        One of :data:`KINDS`, or ``"InteractionDCNArch"`` (with ``crossnet_kind``).
     **config
         ``batch``, ``in_features``, ``num_layers``, ``low_rank``, ``num_experts``,
-        ``activation`` (see :func:`make_config`).
+        ``activation``; for the DCN ``crossnet_kind``, ``num_sparse_features`` and
+        ``embedding_dim`` (see :func:`make_config`).
 
     >>> net = network("VectorCrossNet", in_features=2, num_layers=1, batch=1)
     >>> sorted(net.params), net.params["kernels.0"].shape
     (['bias.0', 'kernels.0'], (2, 1))
     >>> as_matrix(net.output)[0, 0]  # x̂ (x̂·w) + b + x̂: the bias outside the product
     b^{(0)}_{0} + w^{(0)}_{0}*x_{0,0}**2 + w^{(0)}_{1}*x_{0,0}*x_{0,1} + x_{0,0}
+    >>> dcn = network(DCN, crossnet_kind="CrossNet", num_sparse_features=1, batch=1)
+    >>> as_matrix(dcn.x)                 # [dense; sparse] flattened: dense first, row-major
+    Matrix([[d_{0,0}, d_{0,1}, s_{0,0,0}, s_{0,0,1}]])
     """
     return _network(make_config(kind, **config))
 
@@ -323,7 +394,12 @@ def network(kind: str, **config) -> Network:
 @lru_cache(maxsize=64)
 def _network(cfg: Config) -> Network:
     b, n = cfg.batch, cfg.in_features
-    blocks = [("upstream", (b, n), "g", None), ("x", (b, n), "x", None)]
+    blocks = [("upstream", (b, n), "g", None)]
+    if cfg.dcn:
+        f, d = cfg.num_sparse_features, cfg.embedding_dim
+        blocks += [("dense", (b, d), "d", None), ("sparse", (b, f, d), "s", None)]
+    else:
+        blocks += [("x", (b, n), "x", None)]
     blocks += [
         (key, shape, letter, _squeeze(key, shape)) for key, shape, letter in _param_specs(cfg)
     ]
@@ -346,7 +422,13 @@ def _network(cfg: Config) -> Network:
             atoms.append(Atom(label, function, symbols[idx], arguments[idx]))
         return symbols
 
-    x0 = arrays["x"]
+    if cfg.dcn:  # refimpl.InteractionDCNArch.forward: combined (B, F+1, D), dense at row 0
+        inputs = {"dense": arrays["dense"], "sparse": arrays["sparse"]}
+        combined = np.concatenate([inputs["dense"][:, None, :], inputs["sparse"]], axis=1)
+        x0 = combined.reshape(b, n)  # (B, N), row-major
+    else:
+        inputs = {"x": arrays["x"]}
+        x0 = arrays["x"]
     forward = {
         "CrossNet": _crossnet_forward,
         "LowRankCrossNet": _low_rank_forward,
@@ -358,7 +440,9 @@ def _network(cfg: Config) -> Network:
     loss = poly_ring.zero
     for g, y in zip(upstream.ravel(), output.ravel(), strict=True):
         loss += g * y
-    return Network(cfg, poly_ring, upstream, x0, params, tuple(atoms), cache, output, loss)
+    return Network(
+        cfg, poly_ring, upstream, x0, params, tuple(atoms), cache, output, loss, inputs
+    )
 
 
 def _stack(arrays: list[np.ndarray]) -> np.ndarray:
@@ -646,6 +730,64 @@ _EXACT_DERIVATIVES = {
 }
 
 
+def split_combined_gradient(
+    d_x: np.ndarray, num_sparse_features: int, mistake: str | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """InteractionDCNArch's own backward: the cross network's ``d_x`` back to dense and sparse.
+
+    The forward only moves numbers, ``combined = concat(dense[:, None], sparse, axis=1)`` then
+    ``x̂ = combined.reshape(B, N)``, so the backward moves the gradient back, as
+    :mod:`refimpl.dcn` does: ``d_combined = d_x.reshape(B, F+1, D)``, dense's gradient is row
+    0 and sparse's rows 1 … F. Works on arrays of ring elements, rationals or floats.
+
+    Parameters
+    ----------
+    d_x : ndarray, shape (B, N)
+        ``∂L/∂x̂`` from the cross network's backward, N = (F+1)·D.
+    num_sparse_features : int
+        F >= 1.
+    mistake : str, optional
+        One of :data:`DCN_MISTAKES`, to split deliberately wrong: ``"dense_row_last"`` takes
+        dense's gradient from the last row and sparse's from the first F (as if ``combined``
+        were ``[sparse; dense]``); ``"reshape_transposed"`` undoes the reshape column-major,
+        ``d_x.reshape(B, D, F+1)`` transposed, reading entry (f, j) from ``f + j·(F+1)``
+        instead of ``f·D + j``.
+
+    Returns
+    -------
+    d_dense : ndarray, shape (B, D)
+    d_sparse : ndarray, shape (B, F, D)
+
+    >>> d_dense, d_sparse = split_combined_gradient(np.arange(6.0).reshape(1, 6), 2)  # D = 2
+    >>> d_dense, d_sparse
+    (array([[0., 1.]]), array([[[2., 3.],
+            [4., 5.]]]))
+    """
+    if mistake is not None and mistake not in DCN_MISTAKES:
+        raise ValueError(f"mistake: expected None or one of {DCN_MISTAKES}, got {mistake!r}")
+    batch, width = d_x.shape
+    rows = num_sparse_features + 1  # F+1
+    dim = width // rows  # D
+    if mistake == "reshape_transposed":
+        d_combined = d_x.reshape(batch, dim, rows).transpose(0, 2, 1)  # wrong order, (B, F+1, D)
+    else:
+        d_combined = d_x.reshape(batch, rows, dim)  # the reshape undone, row-major, (B, F+1, D)
+    if mistake == "dense_row_last":
+        return d_combined[:, -1], d_combined[:, :-1]  # wrong: dense is row 0
+    return d_combined[:, 0], d_combined[:, 1:]  # (B, D), (B, F, D)
+
+
+def _closed_leaves(cfg: Config, closed: Backward, mistake: str | None = None) -> dict:
+    """The closed form keyed like :meth:`Network.leaves`: the network's gradients as they are,
+    or, inside the DCN, ``d_x`` split into dense and sparse and the keys prefixed."""
+    if not cfg.dcn:
+        return {"x": closed.d_x, **closed.d_params}
+    split = mistake if mistake in DCN_MISTAKES else None
+    d_dense, d_sparse = split_combined_gradient(closed.d_x, cfg.num_sparse_features, split)
+    d_params = {f"crossnet.{key}": value for key, value in closed.d_params.items()}
+    return {"dense": d_dense, "sparse": d_sparse, **d_params}
+
+
 # --------------------------------------------------------------------------------------------
 # The symbolic gradient
 # --------------------------------------------------------------------------------------------
@@ -891,9 +1033,8 @@ def closed_form_at_point(
 # --------------------------------------------------------------------------------------------
 
 
-def _difference(truth: dict[str, np.ndarray], closed: Backward) -> str | None:
+def _difference(truth: dict[str, np.ndarray], found: dict[str, np.ndarray]) -> str | None:
     """Where the closed form differs from the truth first, or None if nowhere."""
-    found = {"x": closed.d_x, **closed.d_params}
     for key, expected in truth.items():
         got = found[key]
         if got.shape != expected.shape:
@@ -909,22 +1050,34 @@ def compare(kind: str, mistake: str | None = None, **config) -> str | None:
 
     Returns None when they are exactly equal, else a description of the first difference.
     Fully symbolic for networks without atoms; at :func:`rational_point` otherwise.
+    ``mistake`` is one of :data:`MISTAKES` (in the cross network's recurrence) or, for
+    ``kind="InteractionDCNArch"``, of :data:`DCN_MISTAKES` (in the split into dense and
+    sparse, :func:`split_combined_gradient`).
+
+    >>> compare(DCN, "dense_row_last", crossnet_kind="VectorCrossNet", num_sparse_features=1)[:9]
+    'dense[0, '
     """
-    _check_mistake(mistake)
-    return _compare(make_config(kind, **config), mistake)
+    cfg = make_config(kind, **config)
+    if mistake in DCN_MISTAKES and not cfg.dcn:
+        raise ValueError(f"mistake: {mistake!r} is a mistake of {DCN}'s split, not of {kind}")
+    if mistake not in DCN_MISTAKES:
+        _check_mistake(mistake)
+    return _compare(cfg, mistake)
 
 
 @lru_cache(maxsize=128)
 def _compare(cfg: Config, mistake: str | None) -> str | None:
     net = _network(cfg)
+    in_network = mistake if mistake in MISTAKES else None  # the others are in the DCN's split
     if net.symbolic:
         derivative = _EXACT_DERIVATIVES[cfg.activation] if cfg.activation else None
         closed = closed_form_backward(
-            cfg.kind, net.params, net.cache, net.upstream, derivative=derivative, mistake=mistake
+            cfg.kind, net.params, net.cache, net.upstream, derivative=derivative, mistake=in_network
         )
-        return _difference(_symbolic_gradient(cfg), closed)
+        return _difference(_symbolic_gradient(cfg), _closed_leaves(cfg, closed, mistake))
     point = rational_point(net)
-    return _difference(gradient_at_point(net, point), closed_form_at_point(net, point, mistake))
+    closed = closed_form_at_point(net, point, in_network)
+    return _difference(gradient_at_point(net, point), _closed_leaves(cfg, closed, mistake))
 
 
 def prove_closed_form(kind: str, **config) -> str:
@@ -937,13 +1090,16 @@ def prove_closed_form(kind: str, **config) -> str:
 
     >>> prove_closed_form("LowRankCrossNet", in_features=3, low_rank=1)
     'LowRankCrossNet B=2 N=3 L=2 r=1: the recurrence equals the symbolic gradient (fully symbolic)'
+    >>> prove_closed_form(DCN, crossnet_kind="VectorCrossNet", num_sparse_features=1, batch=1)[-69:]
+    'the recurrence, split into dense and sparse, equals the symbolic gradient (fully symbolic)'
     """
     cfg = make_config(kind, **config)
     problem = _compare(cfg, None)
     if problem is not None:
         raise AssertionError(f"not proven for {cfg.label()}: {problem}")
     how = "fully symbolic" if _network(cfg).symbolic else "exact at a random rational point"
-    return f"{cfg.label()}: the recurrence equals the symbolic gradient ({how})"
+    what = "the recurrence, split into dense and sparse," if cfg.dcn else "the recurrence"
+    return f"{cfg.label()}: {what} equals the symbolic gradient ({how})"
 
 
 def prove_derivative_rules() -> list[str]:
@@ -1112,7 +1268,9 @@ def evaluate_float(
     Parameters
     ----------
     values : dict
-        ``"x"`` (B, N) and every parameter, keyed like TorchRec's ``state_dict()``.
+        ``"x"`` (B, N) and every parameter, keyed like TorchRec's ``state_dict()``; inside the
+        DCN ``"dense"`` (B, D), ``"sparse"`` (B, F, D) and the ``crossnet.`` keys
+        (:meth:`Network.leaves`).
     upstream : ndarray, shape (B, N)
         G.
 
@@ -1120,7 +1278,7 @@ def evaluate_float(
     -------
     output : ndarray, shape (B, N)
     gradients : dict
-        ``"x"`` and every parameter, each shaped like it.
+        Every input and parameter, keyed like ``values``, each shaped like it.
     """
     cfg = make_config(kind, **config)
     net = _network(cfg)
@@ -1156,10 +1314,19 @@ def evaluate_float(
 
 def _draw_values(cfg: Config, rng: np.random.Generator) -> dict[str, np.ndarray]:
     net = _network(cfg)
-    values = {"x": rng.choice([-1.0, 1.0], size=net.x.shape) * rng.uniform(0.5, 1.5, net.x.shape)}
-    for key, arr in net.params.items():
-        values[key] = 0.5 * rng.standard_normal(arr.shape)
+    values = {}
+    for key, arr in net.leaves().items():
+        if key in net.inputs:  # random sign, magnitude in [0.5, 1.5]
+            values[key] = rng.choice([-1.0, 1.0], size=arr.shape) * rng.uniform(0.5, 1.5, arr.shape)
+        else:
+            values[key] = 0.5 * rng.standard_normal(arr.shape)
     return values
+
+
+def _refimpl_layer(cfg: Config):
+    """The refimpl layer of ``cfg``: the cross network, or InteractionDCNArch around it."""
+    net = getattr(refimpl, cfg.kind)(**cfg.layer_kwargs())
+    return refimpl.InteractionDCNArch(cfg.num_sparse_features, net) if cfg.dcn else net
 
 
 def witness_errors(kind: str, seed: int = 0, **config) -> dict[str, float]:

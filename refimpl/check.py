@@ -120,7 +120,16 @@ def run_check(check: Check) -> Outcome:
         )
 
 
+def _align(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    line = "  ".join(f"{{:<{w}}}" for w in widths)
+    out = [line.format(*header), line.format(*("-" * w for w in widths))]
+    out += [line.format(*r) for r in rows]
+    return "\n".join(line.rstrip() for line in out)
+
+
 def format_table(outcomes: list[Outcome]) -> str:
+    """One row per check: layer, configuration, witness, worst error, tolerance, result."""
     header = ("layer", "configuration", "witness", "worst rel. error", "tolerance", "result")
     rows = [
         (
@@ -133,11 +142,28 @@ def format_table(outcomes: list[Outcome]) -> str:
         )
         for o in outcomes
     ]
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    line = "  ".join(f"{{:<{w}}}" for w in widths)
-    out = [line.format(*header), line.format(*("-" * w for w in widths))]
-    out += [line.format(*r) for r in rows]
-    return "\n".join(out)
+    return _align(header, rows)
+
+
+def format_summary(outcomes: list[Outcome]) -> str:
+    """One row per layer, one column per witness: checks passed / run, and the worst error."""
+    layers = list(dict.fromkeys(o.check.layer for o in outcomes))
+    rows = []
+    for layer in layers:
+        cells = [layer]
+        for witness in WITNESSES:
+            mine = [o for o in outcomes if o.check.layer == layer and o.check.witness == witness]
+            ran = [o for o in mine if o.error is not None]
+            if not mine:
+                cells.append("")
+            elif not ran:
+                cells.append("skipped")
+            else:
+                passed = sum(o.status == "pass" for o in ran)
+                worst = max(o.error for o in ran)
+                cells.append(f"{passed}/{len(ran)} pass, worst {worst:.0e}")
+        rows.append(tuple(cells))
+    return _align(("layer", *WITNESSES), rows)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -172,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     if progress.isatty():
         print("\r\033[K", end="", file=progress, flush=True)
     print(format_table(outcomes))
+    print("\nSummary (checks passed / run, worst relative error)\n")
+    print(format_summary(outcomes))
     counts = {s: sum(o.status == s for o in outcomes) for s in ("pass", "FAIL", "skipped")}
     print(
         f"\n{counts['pass']} passed, {counts['FAIL']} failed, {counts['skipped']} skipped "

@@ -121,7 +121,7 @@ class Linear(Layer):
         check_array("input", input, "B I", {"I": self.in_features}, self.dtype)
         out = input @ self._params["weight"].T  # (B, O)
         if self.bias:
-            out = out + self._params["bias"]  # (B, O), b broadcast over the batch
+            out += self._params["bias"]  # (B, O), b broadcast over the batch, in place
         return out, LinearCache(input)
 
     def backward(self, d_out: np.ndarray, cache: LinearCache):
@@ -148,9 +148,8 @@ class Linear(Layer):
 
 
 class MLPCache(NamedTuple):
-    linears: tuple[LinearCache, ...]  # layer i's input x_i, (B, I_i)
-    pre_activations: tuple[np.ndarray, ...]  # z_i, (B, O_i)
-    outputs: tuple[np.ndarray, ...]  # x_{i+1} = g(z_i), (B, O_i)
+    linears: tuple[LinearCache, ...]  # layer i's input x_i, (B, I_i); x_{i+1} = g(z_i) for i ≥ 0
+    output: np.ndarray  # x_L = g(z_{L-1}), (B, O); with the inputs, every layer's g(z_i)
 
 
 class MLP(Layer):
@@ -188,6 +187,11 @@ class MLP(Layer):
         dz_i = dx_{i+1} ⊙ g'(z_i)         ReLU: g' = 1 where z > 0, else 0 (0 at z = 0, as torch)
         dW_i = dz_iᵀ x_i,   db_i = Σ_b dz_i,   dx_i = dz_i W_i
 
+    The cache holds what that reads and no more: each layer's input ``x_i`` (for ``dW_i``) and
+    the output ``x_L``. The pre-activations ``z_i`` are not kept: ReLU, tanh and the identity
+    read ``g'(z_i)`` from ``g(z_i) = x_{i+1}``, which is layer i+1's input (or the output).
+    :meth:`MLP.pre_activations` recomputes them when they are wanted (kink checks, lessons).
+
     Examples
     --------
     >>> mlp = MLP(2, [2, 1])
@@ -197,8 +201,9 @@ class MLP(Layer):
     ...     "_mlp.1._linear.weight": np.array([[2.0, 1.0]]),
     ...     "_mlp.1._linear.bias": np.array([0.5]),
     ... })
-    >>> out, cache = mlp.forward(np.array([[3.0, 1.0]]))
-    >>> cache.pre_activations[0], out       # the second unit is cut by the ReLU
+    >>> x = np.array([[3.0, 1.0]])
+    >>> out, cache = mlp.forward(x)
+    >>> mlp.pre_activations(x)[0], out       # the second unit is cut by the ReLU
     (array([[ 2., -1.]]), array([[4.5]]))
     >>> d_input, d_params = mlp.backward(np.ones_like(out), cache)
     >>> d_input                              # only the first unit's path: 2 * [1, -1]
@@ -269,14 +274,12 @@ class MLP(Layer):
         """
         check_array("input", input, "B I", {"I": self.in_features}, self.dtype)
         x = input  # x_0, (B, I)
-        linears, pre_activations, outputs = [], [], []
+        linears = []
         for linear, act in zip(self.linears, self._activations, strict=True):
-            z, linear_cache = linear.forward(x)  # (B, O_i)
-            x = act.forward(z)  # x_{i+1}, (B, O_i)
+            z, linear_cache = linear.forward(x)  # z_i, (B, O_i)
+            x = act.forward(z)  # x_{i+1}, (B, O_i); z_i is dropped: g' reads g(z_i)
             linears.append(linear_cache)
-            pre_activations.append(z)
-            outputs.append(x)
-        return x, MLPCache(tuple(linears), tuple(pre_activations), tuple(outputs))
+        return x, MLPCache(tuple(linears), x)
 
     def backward(self, d_out: np.ndarray, cache: MLPCache):
         """
@@ -290,24 +293,33 @@ class MLP(Layer):
         d_input : ndarray, shape (B, I)
         d_params : dict keyed like ``params``
         """
-        linears, pre_activations, outputs = cache
-        sizes = {"B": pre_activations[0].shape[0], "O": self.out_features}
+        linears, output = cache
+        sizes = {"B": output.shape[0], "O": self.out_features}
         check_array("d_out", d_out, "B O", sizes, self.dtype)
+        # g(z_i) of each layer: layer i+1's input, and the output for the last layer.
+        activated = (*(c.input for c in linears[1:]), output)
         d_params = {}
         dx = d_out  # dx_L, (B, O)
         for i in reversed(range(len(self.layer_sizes))):
-            act = self._activations[i]
-            dz = dx * act.derivative(pre_activations[i], outputs[i])  # (B, O_i)
+            g_prime = self._activations[i].derivative(None, activated[i])  # g'(z_i), (B, O_i)
+            # dz_i = dx_{i+1} ⊙ g'(z_i): in place once dx_{i+1} is our own fresh array (every
+            # layer but the last, whose dx_L is the caller's d_out).
+            dz = dx * g_prime if dx is d_out else np.multiply(dx, g_prime, out=dx)  # (B, O_i)
             dx, d_linear = self.linears[i].backward(dz, linears[i])  # dx_i, (B, I_i)
             d_params.update(prefixed(f"_mlp.{i}._linear", d_linear))
         return dx, {k: d_params[k] for k in self.params}
 
+    def pre_activations(self, input: np.ndarray) -> list[np.ndarray]:
+        """Every layer's ``z_i = x_i W_iᵀ + b_i`` (B, O_i), recomputed: the cache does not keep
+        them, since backward reads ``g'`` from the activations' outputs."""
+        _, (linears, _) = self.forward(input)
+        return [linear.forward(c.input)[0] for linear, c in zip(self.linears, linears, strict=True)]
+
     def kink_distance(self, input: np.ndarray) -> float:
         """Smallest |z_i| over the layers whose activation has a kink (ReLU), else inf."""
-        _, cache = self.forward(input)
         distances = [
             float(np.min(np.abs(z)))
-            for z, act in zip(cache.pre_activations, self._activations, strict=True)
+            for z, act in zip(self.pre_activations(input), self._activations, strict=True)
             if act.kinked and z.size
         ]
         return min(distances, default=float("inf"))

@@ -17,7 +17,8 @@ def test_check_runs_for_the_dot_interaction_and_passes():
         timeout=120,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    lines = proc.stdout.splitlines()
+    table, summary = proc.stdout.split("Summary")
+    lines = table.strip().splitlines()
     assert lines[0].split() == [
         "layer",
         "configuration",
@@ -35,6 +36,8 @@ def test_check_runs_for_the_dot_interaction_and_passes():
         assert any(f"{option} " in line and "finite-diff" in line for line in rows)
     assert all(line.split()[-1] in ("pass", "skipped") for line in rows)
     assert "0 failed" in proc.stdout
+    summary_row = next(line for line in summary.splitlines() if line.startswith("InteractionArch"))
+    assert "8/8 pass" in summary_row  # symbolic: four options at F = 2 and F = 3
     assert "[1/" in proc.stderr  # the progress line
 
 

@@ -253,8 +253,11 @@ def test_backward_mutates_neither_params_nor_cache_nor_inputs(rng, make):
     params_before = layer.state_dict()
     out, cache = layer.forward(x)
     cache_before = [np.copy(a) for a in _arrays(cache)]
-    d_input, d_params = layer.backward(rng.standard_normal(out.shape), cache)
+    d_out = rng.standard_normal(out.shape)
+    d_out_before = d_out.copy()
+    d_input, d_params = layer.backward(d_out, cache)
     np.testing.assert_array_equal(x, x_before)
+    np.testing.assert_array_equal(d_out, d_out_before)  # backward works in place on its own arrays
     for key, value in params_before.items():
         np.testing.assert_array_equal(layer.params[key], value)
     for before, after in zip(cache_before, _arrays(cache), strict=True):
@@ -269,6 +272,18 @@ def _arrays(tree):
     if isinstance(tree, tuple):
         return [a for item in tree for a in _arrays(item)]
     return []
+
+
+def test_mlp_cache_holds_each_layers_input_and_the_output_only(rng):
+    mlp = refimpl.MLP(5, [4, 3, 2], seed=0)
+    x = rng.standard_normal((3, 5))
+    out, cache = mlp.forward(x)
+    assert len(_arrays(cache)) == 4  # x_0, x_1, x_2 and the output: no pre-activations
+    assert cache.linears[0].input is x and cache.output is out
+    z = mlp.pre_activations(x)  # recomputed
+    activated = [c.input for c in cache.linears[1:]] + [cache.output]
+    for z_i, a_i in zip(z, activated, strict=True):
+        np.testing.assert_array_equal(a_i, np.maximum(z_i, 0))  # g(z_i) is in the cache
 
 
 def test_forward_stores_nothing_on_the_layer(rng):
@@ -324,7 +339,7 @@ def _unit_at_its_kink():
 def test_relu_derivative_is_zero_at_exactly_zero():
     mlp, x = _unit_at_its_kink()
     out, cache = mlp.forward(x)
-    assert cache.pre_activations[0][0, 0] == 0.0 and out[0, 0] == 0.0
+    assert mlp.pre_activations(x)[0][0, 0] == 0.0 and out[0, 0] == 0.0
     d_input, d_params = mlp.backward(np.ones_like(out), cache)
     # torch.relu's derivative at 0 is 0, so nothing flows back through the unit.
     np.testing.assert_array_equal(d_input, [[0.0, 0.0]])
@@ -351,15 +366,13 @@ def test_gradcheck_refuses_a_kink_point():
 def test_kink_distance_is_the_smallest_relu_pre_activation(rng):
     mlp = refimpl.MLP(5, [4, 3], seed=0)
     x = rng.standard_normal((3, 5))
-    _, cache = mlp.forward(x)
-    expected = min(np.min(np.abs(z)) for z in cache.pre_activations)
+    expected = min(np.min(np.abs(z)) for z in mlp.pre_activations(x))
     assert mlp.kink_distance(x) == expected
     assert refimpl.MLP(5, [4], activation="tanh").kink_distance(x) == np.inf
     assert refimpl.MLP(5, [4], activation="identity").kink_distance(x) == np.inf
     # OverArch: only model.0's pre-activations count; the logits have no ReLU.
     over = refimpl.OverArch(5, [4, 2], seed=0)
-    _, (mlp_cache, _) = over.forward(x)
-    assert over.kink_distance(x) == np.min(np.abs(mlp_cache.pre_activations[0]))
+    assert over.kink_distance(x) == np.min(np.abs(over.mlp.pre_activations(x)[0]))
     assert refimpl.DenseArch(5, [4], seed=0).kink_distance(x) == (
         refimpl.MLP(5, [4], seed=0).kink_distance(x)
     )
@@ -368,12 +381,11 @@ def test_kink_distance_is_the_smallest_relu_pre_activation(rng):
 def test_a_dropped_relu_mask_is_caught(rng):
     mlp = refimpl.MLP(5, [6, 4], seed=rng)
     (x,) = _away_from_kinks(mlp, rng, 4)
-    _, cache = mlp.forward(x)
-    assert all(np.any(z < 0) for z in cache.pre_activations)  # some units are off
+    assert all(np.any(z < 0) for z in mlp.pre_activations(x))  # some units are off
     assert _gradcheck(mlp, (x,)).ok
     # The bug: backward passes the gradient through every unit, as if ReLU were the identity.
     relu = refimpl.get_activation("relu")
-    no_mask = dataclasses.replace(relu, derivative=lambda z, a: np.ones_like(z))
+    no_mask = dataclasses.replace(relu, derivative=lambda z, a: np.ones_like(a))
     mlp._activations = (no_mask, no_mask)
     result = _gradcheck(mlp, (x,))
     assert not result.ok
