@@ -52,6 +52,17 @@ The softmax's vector–Jacobian product ``vᵀJ = s ⊙ (v − v·s)``, ``J = di
 on its own with SymPy expressions (:func:`prove_softmax_vjp`), and so is the shift invariance
 that lets refimpl subtract the row maximum before ``exp``.
 
+InteractionDCNArch
+------------------
+The same machinery proves DLRM's DCN interaction (``kind="InteractionDCNArch"`` with
+``crossnet_kind``; by default B=2, F=2, D=2, so N=6). The inputs ``dense`` (B, D) and
+``sparse`` (B, F, D) are symbols ``d_{b,j}`` and ``s_{b,f,j}``; the forward stacks them as
+refimpl does, ``concat(dense[:, None], sparse, axis=1).reshape(B, N)``, and runs the cross
+network on the result; the gradient is taken with respect to ``dense``, ``sparse`` and every
+parameter (keys prefixed ``crossnet.``, as in TorchRec's state_dict). The closed form is the
+network's recurrence followed by :func:`split_combined_gradient`: ``d_x.reshape(B, F+1, D)``,
+row 0 to dense, rows 1 … F to sparse. A split done wrong (:data:`DCN_MISTAKES`) is caught.
+
 :func:`symbolic_witness` (what ``python -m refimpl check`` runs) proves a configuration, then
 evaluates the symbolic output and gradient in float64 at random numbers (the expanded
 polynomials term by term, :class:`FloatPolynomials`: what ``sympy.lambdify`` would generate,
@@ -195,7 +206,10 @@ def make_config(
     if kind == DCN:
         if crossnet_kind not in KINDS:
             raise ValueError(f"crossnet_kind: expected one of {KINDS}, got {crossnet_kind!r}")
-        for name, value in (("num_sparse_features", num_sparse_features), ("embedding_dim", embedding_dim)):
+        for name, value in (
+            ("num_sparse_features", num_sparse_features),
+            ("embedding_dim", embedding_dim),
+        ):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
         width = (num_sparse_features + 1) * embedding_dim
@@ -440,9 +454,7 @@ def _network(cfg: Config) -> Network:
     loss = poly_ring.zero
     for g, y in zip(upstream.ravel(), output.ravel(), strict=True):
         loss += g * y
-    return Network(
-        cfg, poly_ring, upstream, x0, params, tuple(atoms), cache, output, loss, inputs
-    )
+    return Network(cfg, poly_ring, upstream, x0, params, tuple(atoms), cache, output, loss, inputs)
 
 
 def _stack(arrays: list[np.ndarray]) -> np.ndarray:
@@ -1060,8 +1072,9 @@ def compare(kind: str, mistake: str | None = None, **config) -> str | None:
     cfg = make_config(kind, **config)
     if mistake in DCN_MISTAKES and not cfg.dcn:
         raise ValueError(f"mistake: {mistake!r} is a mistake of {DCN}'s split, not of {kind}")
-    if mistake not in DCN_MISTAKES:
-        _check_mistake(mistake)
+    known = (*MISTAKES, *DCN_MISTAKES) if cfg.dcn else MISTAKES
+    if mistake is not None and mistake not in known:
+        raise ValueError(f"mistake: expected None or one of {known}, got {mistake!r}")
     return _compare(cfg, mistake)
 
 
@@ -1090,7 +1103,11 @@ def prove_closed_form(kind: str, **config) -> str:
 
     >>> prove_closed_form("LowRankCrossNet", in_features=3, low_rank=1)
     'LowRankCrossNet B=2 N=3 L=2 r=1: the recurrence equals the symbolic gradient (fully symbolic)'
-    >>> prove_closed_form(DCN, crossnet_kind="VectorCrossNet", num_sparse_features=1, batch=1)[-69:]
+    >>> dcn = prove_closed_form(DCN, crossnet_kind="VectorCrossNet", num_sparse_features=1)
+    >>> label, statement = dcn.split(": ")
+    >>> label
+    'InteractionDCNArch B=2 F=1 D=2 over VectorCrossNet N=4 L=2'
+    >>> statement
     'the recurrence, split into dense and sparse, equals the symbolic gradient (fully symbolic)'
     """
     cfg = make_config(kind, **config)
@@ -1332,29 +1349,36 @@ def _refimpl_layer(cfg: Config):
 def witness_errors(kind: str, seed: int = 0, **config) -> dict[str, float]:
     """Prove the configuration, then refimpl against the float64 symbolic values, per array.
 
+    Uncached (:func:`symbolic_witness` is cached): it builds the refimpl layer afresh.
+
     Returns
     -------
     dict
-        ``"output"``, ``"x"`` and every parameter key -> worst relative error.
+        ``"output"``, each input (``"x"``, or ``"dense"`` and ``"sparse"``) and every
+        parameter key -> worst relative error.
     """
     cfg = make_config(kind, **config)
     prove_closed_form(kind, **config)
     rng = np.random.default_rng(seed)
-    layer = getattr(refimpl, cfg.kind)(**cfg.layer_kwargs())
+    layer = _refimpl_layer(cfg)
+    net = _network(cfg)
     for _ in range(100):
         values = _draw_values(cfg, rng)
         upstream = rng.standard_normal((cfg.batch, cfg.in_features))  # G, (B, N)
-        layer.load_state_dict({k: v for k, v in values.items() if k != "x"})
-        if layer.kink_distance(values["x"]) < 1e-3:
+        layer.load_state_dict({k: v for k, v in values.items() if k not in net.inputs})
+        inputs = [values[name] for name in net.inputs]
+        if layer.kink_distance(*inputs) < 1e-3:
             continue  # too close to a relu kink
-        out, cache = layer.forward(values["x"])
-        d_x, d_params = layer.backward(upstream, cache)
-        if not any(0 < np.abs(g).max() < 1e-6 for g in (d_x, *d_params.values())):
+        out, cache = layer.forward(*inputs)
+        *d_inputs, d_params = layer.backward(upstream, cache)
+        if not any(0 < np.abs(g).max() < 1e-6 for g in (*d_inputs, *d_params.values())):
             break  # else a gradient is zero up to round-off (e.g. every relu expert off)
     else:  # pragma: no cover - a relu network whose every draw is degenerate
         raise RuntimeError("no draw away from the relu kinks with non-vanishing gradients")
     out_sym, grads_sym = evaluate_float(kind, values, upstream, **config)
-    errors = {"output": rel_error(out, out_sym), "x": rel_error(d_x, grads_sym["x"])}
+    errors = {"output": rel_error(out, out_sym)}
+    for name, grad in zip(net.inputs, d_inputs, strict=True):
+        errors[name] = rel_error(grad, grads_sym[name])
     errors.update({k: rel_error(v, grads_sym[k]) for k, v in d_params.items()})
     return errors
 
@@ -1365,21 +1389,47 @@ def symbolic_witness(kind: str, seed: int = 0, **config) -> float:
     Parameters
     ----------
     kind : str
-        One of :data:`KINDS`.
+        One of :data:`KINDS`, or ``"InteractionDCNArch"``: the network ``crossnet_kind``
+        over ``combined = concat(dense[:, None], sparse, axis=1).reshape(B, N)``, its
+        gradient taken with respect to ``dense``, ``sparse`` and every ``crossnet.`` parameter.
     seed : int
-        Draws the float64 numbers (input, parameters, G) the symbolic gradient and refimpl's
+        Draws the float64 numbers (inputs, parameters, G) the symbolic gradient and refimpl's
         backward are compared on.
     **config
         ``in_features``, ``num_layers``, ``low_rank``, ``num_experts``, ``activation``,
-        ``batch`` (defaults B=2, N=4, L=2, r=2, K=2, tanh).
+        ``batch`` (defaults B=2, N=4, L=2, r=2, K=2, tanh); for the DCN ``crossnet_kind``
+        and ``num_sparse_features``, ``embedding_dim`` in place of ``in_features`` (defaults
+        F=2, D=2, so N=6).
 
     Returns
     -------
     float
-        The worst :func:`refimpl.gradcheck.rel_error` of refimpl's output, input gradient and
+        The worst :func:`refimpl.gradcheck.rel_error` of refimpl's output, input gradients and
         every parameter gradient against the lambdified symbolic ones (round-off, ~1e-15).
+        Cached.
 
     >>> symbolic_witness("VectorCrossNet", in_features=3) < 1e-12
     True
+    >>> symbolic_witness("InteractionDCNArch", crossnet_kind="CrossNet") < 1e-12
+    True
     """
-    return max(witness_errors(kind, seed, **config).values())
+    return _witness(make_config(kind, **config), int(seed))
+
+
+@lru_cache(maxsize=128)
+def _witness(cfg: Config, seed: int) -> float:
+    return max(witness_errors(cfg.layer, seed, **_config_kwargs(cfg)).values())
+
+
+def _config_kwargs(cfg: Config) -> dict:
+    """The keyword configuration that :func:`make_config` turns back into ``cfg``."""
+    out = {"batch": cfg.batch, "num_layers": cfg.num_layers}
+    out.update({k: v for k, v in cfg.layer_kwargs().items() if k != "num_layers"})
+    if cfg.dcn:
+        del out["in_features"]
+        out.update(
+            crossnet_kind=cfg.kind,
+            num_sparse_features=cfg.num_sparse_features,
+            embedding_dim=cfg.embedding_dim,
+        )
+    return out

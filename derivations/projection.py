@@ -3,9 +3,10 @@
 ``InteractionProjectionArch`` (TorchRec's, DESIGN §4) at the seed's B=2, D=4, F=2, so N =
 (F+1)·D = 12, with branch 1 ending in 8 = F1·D (F1 = 2) and branch 2 in 12 = D·F2 (F2 = 3);
 each branch is a ``DenseArch`` with one linear layer, or with two (hidden size 3). Also ``MLP``,
-``DenseArch`` and ``OverArch`` on their own. For each, SymPy builds the forward, takes the
-gradient of ``L = Σ G ⊙ out`` for a symbolic upstream gradient ``G``, and proves that the closed
-forms refimpl uses equal it exactly:
+``DenseArch`` and ``OverArch`` on their own, and a single ``Linear`` (``torch.nn.Linear``, with
+or without bias: ``dW = Gᵀ x``, ``db = Σ_b G``, ``dx = G W``). For each, SymPy builds the
+forward, takes the gradient of ``L = Σ G ⊙ out`` for a symbolic upstream gradient ``G``, and
+proves that the closed forms refimpl uses equal it exactly:
 
 - per sample ``dY = dI Zᵀ`` and ``dZ = Yᵀ dI`` (``dI`` the interaction part of ``G``), then
   the reshapes undone (row-major both ways: ``dy = dY.reshape(F1·D)``, ``dz = dZ.reshape(D·F2)``);
@@ -59,8 +60,9 @@ from typing import NamedTuple
 import numpy as np
 import sympy as sp
 
-KINDS = ("MLP", "DenseArch", "OverArch", "InteractionProjectionArch")
+KINDS = ("Linear", "MLP", "DenseArch", "OverArch", "InteractionProjectionArch")
 MISTAKES = ("dZ_transposed", "transpose_for_reshape", "no_relu_mask")
+LINEAR_MISTAKES = ("bias_not_summed",)  # in a linear layer's own backward, any kind
 
 
 # ------------------------------------------------------------------------------------- ReLU
@@ -307,11 +309,19 @@ def spec(kind: str, **config) -> Spec:
     ((3, 8), (3, 12))
     >>> spec("MLP", activation="tanh").activation, spec("MLP").sizes
     ('tanh', ((4, 2),))
+    >>> spec("Linear", bias=False).sizes, spec("Linear").activation
+    (((2,),), 'identity')
     """
     if kind not in KINDS:
         raise ValueError(f"kind: expected one of {KINDS}, got {kind!r}")
     config = dict(config)
     batch = int(config.pop("batch", 2))
+    if kind == "Linear":  # one layer with no activation: sizes ((O,),)
+        in_features = int(config.pop("in_features", 3))
+        out_features = int(config.pop("out_features", 2))
+        bias = bool(config.pop("bias", True))
+        _no_more(kind, config)
+        return Spec(kind, batch, in_features, ((out_features,),), "identity", bias)
     if kind == "InteractionProjectionArch":
         F = int(config.pop("num_sparse_features", 2))
         D = int(config.pop("embedding_dim", 4))
@@ -443,10 +453,17 @@ def _forward(s: Spec) -> _Forward:
         interactions = Y @ Z  # (B, F1, F2)
         out = np.concatenate([dense, interactions.reshape(B, -1)], axis=1)  # (B, D + F1·F2)
         return _Forward(tape, {"dense": dense, "sparse": sparse}, out, tuple(branches), (Y, Z))
-    name = "input" if s.kind == "MLP" else "features"
+    name = "input" if s.kind in ("Linear", "MLP") else "features"
     x = tape.leaf(name, "x", (s.batch, s.in_features))
     (sizes,) = s.sizes
-    if s.kind == "MLP":
+    if s.kind == "Linear":  # torch.nn.Linear: x Wᵀ (+ b), no activation
+        (size,) = sizes
+        weight = tape.leaf("weight", "W", (size, s.in_features))
+        out = x @ weight.T  # (B, O)
+        if s.bias:
+            out = out + tape.leaf("bias", "b", (size,))  # (B, O)
+        layers = [_Layer("weight", "bias" if s.bias else None, x, weight, "identity", None)]
+    elif s.kind == "MLP":
         out, layers = _mlp_forward(tape, x, "", sizes, activation=s.activation, bias=s.bias)
     elif s.kind == "DenseArch":
         out, layers = _mlp_forward(tape, x, "model.", sizes)
@@ -621,7 +638,8 @@ def _mlp_backward(ring: _Ring, d_out: np.ndarray, layers: list[_Layer], mistake=
         dz = dx * _slope(ring, layer) if masked else dx  # (B, O)
         grads[layer.weight_key] = dz.T @ x  # (O, I)
         if layer.bias_key:
-            grads[layer.bias_key] = dz.sum(axis=0)  # (O,)
+            # b is added to every row, so its gradient sums the rows (the mistake keeps one).
+            grads[layer.bias_key] = dz[0] if mistake == "bias_not_summed" else dz.sum(axis=0)
         dx = dz @ weight  # (B, I)
     return dx, grads
 
@@ -699,15 +717,20 @@ def prove(kind: str, mistake: str | None = None, **config) -> dict[str, bool]:
     the activation atoms, compared term by term. ``mistake`` swaps in a deliberately wrong
     closed form, to show the proof can fail: ``"dZ_transposed"`` (``dIᵀ Y`` flattened in place
     of ``Yᵀ dI``), ``"transpose_for_reshape"`` (undoing ``z.reshape(F2, D)ᵀ`` instead of
-    TorchRec's ``z.reshape(D, F2)``), ``"no_relu_mask"`` (``dz = da``, the ReLU mask dropped).
+    TorchRec's ``z.reshape(D, F2)``), ``"no_relu_mask"`` (``dz = da``, the ReLU mask dropped)
+    — the :data:`MISTAKES` — or, in :data:`LINEAR_MISTAKES`, ``"bias_not_summed"``
+    (``db = dz[0]``, the first sample's share only, in every linear layer).
 
     >>> prove("MLP", layer_sizes=(2,))
     {'input': True, '_mlp.0._linear.weight': True, '_mlp.0._linear.bias': True}
     >>> prove("MLP", "no_relu_mask", layer_sizes=(2,))["input"]
     False
+    >>> prove("Linear", "bias_not_summed")
+    {'input': True, 'weight': True, 'bias': False}
     """
-    if mistake is not None and mistake not in MISTAKES:
-        raise ValueError(f"mistake: expected one of {MISTAKES} or None, got {mistake!r}")
+    known = (*MISTAKES, *LINEAR_MISTAKES)
+    if mistake is not None and mistake not in known:
+        raise ValueError(f"mistake: expected one of {known} or None, got {mistake!r}")
     d = derive(kind, **config)
     closed = _closed_form(d.forward, d.ring, d.G, mistake)
     return {
@@ -847,6 +870,9 @@ def draw_values(d: Derivation, rng, margin: float = 1e-3, attempts: int = 100) -
 def _refimpl_layer(s: Spec):
     import refimpl
 
+    if s.kind == "Linear":
+        ((size,),) = s.sizes
+        return refimpl.Linear(s.in_features, size, bias=s.bias)
     if s.kind == "MLP":
         (sizes,) = s.sizes
         return refimpl.MLP(s.in_features, sizes, bias=s.bias, activation=s.activation)
@@ -912,6 +938,13 @@ def _config(s: Spec) -> dict:
             "branch1_layer_sizes": s.sizes[0],
             "branch2_layer_sizes": s.sizes[1],
         }
+    if s.kind == "Linear":
+        return {
+            "batch": s.batch,
+            "in_features": s.in_features,
+            "out_features": s.sizes[0][0],
+            "bias": s.bias,
+        }
     config = {"batch": s.batch, "in_features": s.in_features, "layer_sizes": s.sizes[0]}
     if s.kind == "MLP":
         config.update(activation=s.activation, bias=s.bias)
@@ -929,10 +962,11 @@ def symbolic_witness(kind: str, seed: int = 0, **config) -> float:
 
     Parameters
     ----------
-    kind : {"MLP", "DenseArch", "OverArch", "InteractionProjectionArch"}
+    kind : {"Linear", "MLP", "DenseArch", "OverArch", "InteractionProjectionArch"}
     seed : int
     **config
-        All optional; ``batch`` (2) for every kind. MLP: ``in_features`` (3), ``layer_sizes``
+        All optional; ``batch`` (2) for every kind. Linear: ``in_features`` (3),
+        ``out_features`` (2), ``bias`` (True). MLP: ``in_features`` (3), ``layer_sizes``
         ((4, 2)), ``activation`` ("relu", "tanh" or "identity"), ``bias`` (True). DenseArch:
         ``in_features`` (3), ``layer_sizes`` ((4, 2)). OverArch: ``in_features`` (3),
         ``layer_sizes`` ((4, 2): ``model.0`` = MLP(3, [4]), ``model.1`` = Linear(4, 2)).
@@ -943,6 +977,8 @@ def symbolic_witness(kind: str, seed: int = 0, **config) -> float:
     Examples
     --------
     >>> symbolic_witness("MLP", layer_sizes=(2,)) < 1e-12
+    True
+    >>> symbolic_witness("Linear", bias=False) < 1e-12
     True
     """
     s = spec(kind, **config)

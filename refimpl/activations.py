@@ -1,7 +1,8 @@
 """Activations by name, each with its forward and its derivative, defined once.
 
 The derivative takes the activation's *input* ``z`` and *output* ``a``; each of ours needs only
-``a``, so a backward may keep the outputs alone (pass ``z=None``). ReLU's derivative at exactly 0 is 0, as in PyTorch.
+``a``, so a backward may keep the outputs alone (pass ``z=None``). ReLU's derivative at exactly
+0 is 0, as in PyTorch.
 
 >>> act = get_activation("relu")
 >>> z = np.array([-1.0, 0.0, 2.0])

@@ -218,3 +218,178 @@ def test_config_validation():
         cx.make_config("LowRankCrossNet", low_rank=0)
     # Unused options do not split the caches: LowRankCrossNet ignores K and the activation.
     assert cx.make_config("LowRankCrossNet", num_experts=5) == cx.make_config("LowRankCrossNet")
+
+
+# --------------------------------------------------------------------------------------------
+# InteractionDCNArch: the cross network over concat(dense, sparse).reshape(B, N)
+# --------------------------------------------------------------------------------------------
+
+DCN = cx.DCN
+
+# (crossnet_kind, config) inside InteractionDCNArch; the default size is B=2, F=2, D=2 (N=6).
+DCN_CONFIGS = [
+    ("CrossNet", {}),
+    ("CrossNet", {"num_sparse_features": 1, "embedding_dim": 3, "batch": 3}),
+    ("LowRankCrossNet", {"low_rank": 2}),
+    ("VectorCrossNet", {}),
+    ("VectorCrossNet", {"num_sparse_features": 3, "embedding_dim": 1}),
+    (MIX, {"num_experts": 2, "low_rank": 2, "activation": "tanh"}),
+    (MIX, {"num_experts": 2, "low_rank": 1, "activation": "relu"}),
+    (MIX, {"num_experts": 1, "activation": "identity", "num_sparse_features": 1}),
+]
+DCN_IDS = [f"{kind}-{_id(config)}" for kind, config in DCN_CONFIGS]
+
+
+def _dcn_layer(kind, config):
+    cfg = cx.make_config(DCN, crossnet_kind=kind, **config)
+    net = getattr(refimpl, kind)(**cfg.layer_kwargs())
+    return refimpl.InteractionDCNArch(cfg.num_sparse_features, net)
+
+
+@pytest.mark.parametrize(("kind", "config"), DCN_CONFIGS, ids=DCN_IDS)
+def test_dcn_closed_form_proven(kind, config):
+    statement = cx.prove_closed_form(DCN, crossnet_kind=kind, **config)
+    assert statement.startswith(f"{DCN} ") and f"over {kind}" in statement
+    assert "split into dense and sparse, equals the symbolic gradient" in statement
+    net = cx.network(DCN, crossnet_kind=kind, **config)
+    assert ("fully symbolic" in statement) == net.symbolic
+
+
+@pytest.mark.parametrize(("kind", "config"), DCN_CONFIGS, ids=DCN_IDS)
+def test_dcn_symbolic_witness(kind, config):
+    errors = cx.witness_errors(DCN, crossnet_kind=kind, **config)
+    layer = _dcn_layer(kind, config)
+    assert list(errors) == ["output", "dense", "sparse", *layer.params]
+    assert max(errors.values()) < 1e-12, errors
+    assert cx.symbolic_witness(DCN, crossnet_kind=kind, **config) == max(errors.values())
+
+
+@pytest.mark.parametrize(("kind", "config"), DCN_CONFIGS[:6], ids=DCN_IDS[:6])
+def test_dcn_symbols_keyed_and_shaped_like_refimpl(kind, config):
+    net = cx.network(DCN, crossnet_kind=kind, **config)
+    layer = _dcn_layer(kind, config)
+    leaves = net.leaves()
+    assert list(leaves) == [*layer.input_names, *layer.params]  # "crossnet." keys, in order
+    assert {k: v.shape for k, v in leaves.items() if k in layer.params} == {
+        k: v.shape for k, v in layer.params.items()
+    }
+    b, f, d = net.inputs["sparse"].shape
+    assert net.inputs["dense"].shape == (b, d) and net.x.shape == (b, (f + 1) * d)
+
+
+def test_dcn_input_is_dense_then_sparse_row_major():
+    # x̂[b, f·D + j] is combined[b, f, j]: dense's D entries first, then sparse feature by feature.
+    net = cx.network(DCN, crossnet_kind="CrossNet", num_sparse_features=2, embedding_dim=3)
+    dense, sparse = net.inputs["dense"], net.inputs["sparse"]
+    for b in range(2):
+        assert list(net.x[b, :3]) == list(dense[b])
+        for f in range(2):
+            assert list(net.x[b, 3 * (f + 1) : 3 * (f + 2)]) == list(sparse[b, f])
+    # The same symbols, so the gradient with respect to them is taken directly, not by a split.
+    assert set(net.x.ravel()) == {*dense.ravel(), *sparse.ravel()}
+    assert "x" not in net.leaves()
+
+
+@pytest.mark.parametrize("mistake", cx.DCN_MISTAKES)
+@pytest.mark.parametrize(
+    ("kind", "config"),
+    [
+        ("CrossNet", {}),
+        ("LowRankCrossNet", {"num_sparse_features": 1}),
+        ("VectorCrossNet", {}),
+        (MIX, {"num_experts": 2, "activation": "tanh"}),
+        (MIX, {"num_experts": 2, "low_rank": 1, "activation": "relu"}),
+    ],
+    ids=_id,
+)
+def test_dcn_wrong_split_is_caught(kind, config, mistake):
+    problem = cx.compare(DCN, mistake, crossnet_kind=kind, **config)
+    assert problem is not None and problem.startswith("dense[")
+    assert cx.compare(DCN, None, crossnet_kind=kind, **config) is None
+
+
+def test_dcn_wrong_split_moves_the_sparse_gradient_too():
+    # The parameters do not see the split: only dense and sparse differ.
+    config = {"crossnet_kind": "VectorCrossNet", "num_sparse_features": 2, "embedding_dim": 2}
+    net = cx.network(DCN, **config)
+    truth = cx.symbolic_gradient(net)
+    closed = cx.closed_form_backward("VectorCrossNet", net.params, net.cache, net.upstream)
+    for mistake in cx.DCN_MISTAKES:
+        found = cx._closed_leaves(net.config, closed, mistake)
+        wrong = {k for k in truth if not np.array_equal(found[k], truth[k])}
+        assert wrong == {"dense", "sparse"}, mistake
+
+
+def test_dcn_network_mistakes_are_still_caught():
+    problem = cx.compare(DCN, "forget_x0_path", crossnet_kind="CrossNet")
+    assert problem is not None and problem.startswith("dense[")
+    problem = cx.compare(DCN, "gate_grad_one_layer", crossnet_kind=MIX, num_experts=2)
+    assert problem is not None and problem.startswith("crossnet.gates.")
+
+
+def test_dcn_mistakes_only_for_the_dcn():
+    with pytest.raises(ValueError, match="split"):
+        cx.compare("CrossNet", mistake="dense_row_last")
+    with pytest.raises(ValueError, match="mistake"):
+        cx.compare(DCN, mistake="off_by_one", crossnet_kind="CrossNet")
+    with pytest.raises(ValueError, match="mistake"):
+        cx.split_combined_gradient(np.zeros((1, 4)), 1, mistake="off_by_one")
+
+
+def test_split_combined_gradient_is_refimpls_backward(rng):
+    net = refimpl.LowRankMixtureCrossNet(
+        12, 2, num_experts=2, low_rank=2, activation="tanh", seed=3
+    )
+    dcn = refimpl.InteractionDCNArch(2, net)
+    dense, sparse = rng.standard_normal((3, 4)), rng.standard_normal((3, 2, 4))
+    d_out = rng.standard_normal((3, 12))
+    _, cache = dcn.forward(dense, sparse)
+    d_dense, d_sparse, _ = dcn.backward(d_out, cache)
+    d_x, _ = net.backward(d_out, cache.crossnet)
+    ours_dense, ours_sparse = cx.split_combined_gradient(d_x, 2)
+    assert np.array_equal(ours_dense, d_dense) and np.array_equal(ours_sparse, d_sparse)
+    for mistake in cx.DCN_MISTAKES:
+        wrong_dense, wrong_sparse = cx.split_combined_gradient(d_x, 2, mistake)
+        assert wrong_dense.shape == (3, 4) and wrong_sparse.shape == (3, 2, 4)
+        assert not np.allclose(wrong_dense, d_dense)
+
+
+def test_dcn_witness_catches_a_wrong_refimpl_split(monkeypatch):
+    # refimpl's own backward with dense's rows taken from the end: the numeric witness fails.
+    right = refimpl.InteractionDCNArch.backward
+
+    def dense_last(self, d_out, cache):
+        d_dense, d_sparse, d_params = right(self, d_out, cache)
+        d_combined = np.concatenate([d_dense[:, None], d_sparse], axis=1)  # (B, F+1, D)
+        return d_combined[:, -1], d_combined[:, :-1], d_params
+
+    monkeypatch.setattr(refimpl.InteractionDCNArch, "backward", dense_last)
+    errors = cx.witness_errors(DCN, crossnet_kind="LowRankCrossNet")
+    assert errors["output"] < 1e-12  # the forward is untouched
+    assert errors["dense"] > 1e-3 and errors["sparse"] > 1e-3
+    assert max(v for k, v in errors.items() if k.startswith("crossnet.")) < 1e-12
+
+
+def test_dcn_config():
+    cfg = cx.make_config(DCN, crossnet_kind=MIX, num_sparse_features=1, embedding_dim=3)
+    assert (cfg.kind, cfg.layer, cfg.in_features, cfg.dcn) == (MIX, DCN, 6, True)
+    assert (
+        cfg.label()
+        == "InteractionDCNArch B=2 F=1 D=3 over LowRankMixtureCrossNet N=6 L=2 K=2 r=2 tanh"
+    )
+    assert cx.make_config(DCN, crossnet_kind="CrossNet", in_features=6).in_features == 6
+    with pytest.raises(ValueError, match="crossnet_kind"):
+        cx.make_config(DCN)
+    with pytest.raises(ValueError, match="crossnet_kind"):
+        cx.make_config("CrossNet", crossnet_kind="CrossNet")
+    with pytest.raises(ValueError, match="in_features"):
+        cx.make_config(DCN, crossnet_kind="CrossNet", in_features=4)  # (2+1)·2 = 6
+    with pytest.raises(ValueError, match="num_sparse_features"):
+        cx.make_config(DCN, crossnet_kind="CrossNet", num_sparse_features=0)
+    with pytest.raises(ValueError, match="embedding_dim"):
+        cx.make_config(DCN, crossnet_kind="CrossNet", embedding_dim=0)
+    # The witness's cache key turns back into the same configuration.
+    configs = [cx.make_config(kind, **config) for kind, config in WITNESSES]
+    configs += [cx.make_config(DCN, crossnet_kind=k, **config) for k, config in DCN_CONFIGS]
+    for cfg in configs:
+        assert cx.make_config(cfg.layer, **cx._config_kwargs(cfg)) == cfg

@@ -10,10 +10,14 @@ import pytest
 sp = pytest.importorskip("sympy")
 
 import derivations.projection as proj  # noqa: E402
+import refimpl  # noqa: E402
 from refimpl.activations import ACTIVATIONS, Activation  # noqa: E402
 from refimpl.gradcheck import rel_error  # noqa: E402
 
 CONFIGS = [
+    ("Linear", {}),
+    ("Linear", {"bias": False}),
+    ("Linear", {"batch": 3, "in_features": 2, "out_features": 4}),
     ("MLP", {}),
     ("MLP", {"activation": "tanh"}),
     ("MLP", {"activation": "identity", "bias": False}),
@@ -234,7 +238,7 @@ def test_witness_draws_use_both_sides_of_every_relu():
 def test_witness_catches_a_wrong_refimpl_backward(monkeypatch):
     # A ReLU whose derivative forgets the mask: every refimpl layer built now uses it.
     relu = ACTIVATIONS["relu"]
-    broken = Activation("relu", relu.forward, lambda z, a: np.ones_like(z), kinked=True)
+    broken = Activation("relu", relu.forward, lambda z, a: np.ones_like(a), kinked=True)
     monkeypatch.setitem(ACTIVATIONS, "relu", broken)
     errors = proj.witness_errors("InteractionProjectionArch", branch_layers=1)
     assert errors["out"] < 1e-12  # the forward is untouched
@@ -278,6 +282,62 @@ def test_symbolic_and_refimpl_agree_exactly_at_a_kink():
     assert max(errors.values()) < 1e-12
 
 
+# ----------------------------------------------------------------------------- Linear
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_linear_gradient_is_the_textbook_one(bias):
+    # dW = Gᵀ x, db = Σ_b G, dx = G W, entry by entry in plain SymPy, against the derivation.
+    B, I, O = 2, 3, 2
+    d = proj.derive("Linear", bias=bias)
+    x, W = d.forward.tape.symbols["input"], d.forward.tape.symbols["weight"]
+    G = d.G
+    expected = {
+        "input": [[sum(G[b, o] * W[o, i] for o in range(O)) for i in range(I)] for b in range(B)],
+        "weight": [[sum(G[b, o] * x[b, i] for b in range(B)) for i in range(I)] for o in range(O)],
+    }
+    if bias:
+        expected["bias"] = [sum(G[b, o] for b in range(B)) for o in range(O)]
+    assert list(d.gradient) == list(expected)
+    for key, value in expected.items():
+        got = np.vectorize(d.ring.as_expr, otypes=[object])(d.gradient[key])
+        assert all(sp.expand(a - b) == 0 for a, b in zip(got.ravel(), np.ravel(value), strict=True))
+    # The forward is x Wᵀ (+ b) with no activation: nothing is named, no ReLU or tanh atom.
+    assert not d.forward.tape.named
+
+
+def test_linear_bias_not_summed_is_detected():
+    assert "bias_not_summed" in proj.LINEAR_MISTAKES
+    proof = proj.prove("Linear", "bias_not_summed")
+    assert proof == {"input": True, "weight": True, "bias": False}
+    # Without a bias there is nothing to get wrong; an MLP's every bias is caught.
+    assert all(proj.prove("Linear", "bias_not_summed", bias=False).values())
+    mlp = proj.prove("MLP", "bias_not_summed")
+    assert [k for k, ok in mlp.items() if not ok] == ["_mlp.0._linear.bias", "_mlp.1._linear.bias"]
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_linear_witness_reports_every_array(bias):
+    errors = proj.witness_errors("Linear", bias=bias)
+    assert list(errors) == ["out", "input", "weight", *(["bias"] if bias else [])]
+    assert max(errors.values()) < 1e-12
+    assert proj.symbolic_witness("Linear", bias=bias) == max(errors.values())
+
+
+def test_linear_witness_catches_a_wrong_refimpl_backward(monkeypatch):
+    # refimpl's Linear with the bias gradient of the first sample only.
+    right = refimpl.Linear.backward
+
+    def first_row_bias(self, d_out, cache):
+        d_input, d_params = right(self, d_out, cache)
+        return d_input, {**d_params, "bias": d_out[0].copy()}
+
+    monkeypatch.setattr(refimpl.Linear, "backward", first_row_bias)
+    errors = proj.witness_errors("Linear")
+    assert errors["bias"] > 1e-3
+    assert max(errors["out"], errors["input"], errors["weight"]) < 1e-12
+
+
 # ----------------------------------------------------------------------- configuration
 
 
@@ -292,6 +352,7 @@ def test_spec_defaults_are_the_seed_sizes():
     [
         ("Nope", {}, ValueError),
         ("MLP", {"branch_layers": 2}, TypeError),
+        ("Linear", {"layer_sizes": (2,)}, TypeError),
         ("MLP", {"activation": "sigmoid"}, ValueError),
         ("OverArch", {"layer_sizes": (4,)}, ValueError),
         ("InteractionProjectionArch", {"branch_layers": 3}, ValueError),

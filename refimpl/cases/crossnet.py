@@ -2,8 +2,10 @@
 
 Every network is checked by all four witnesses: finite differences at several small shapes,
 a hand check of the forward against the loop version (:func:`refimpl.crossnet.crossnet_loop`),
-TorchRec parity, and the SymPy proof in ``derivations.crossnet``. The mixture is checked with
-one expert (no gate) and several, with a kinked (relu) and smooth (tanh, identity) activation.
+TorchRec parity, and the SymPy proof in ``derivations.crossnet`` (each network on its own, and
+inside InteractionDCNArch with the gradient split back into dense and sparse). The mixture is
+checked with one expert (no gate) and several, with a kinked (relu) and smooth (tanh, identity)
+activation.
 
 Finite differences use gradcheck's defaults (the fourth-order stencil) through
 :func:`refimpl.check.finite_difference_check`. Inputs are drawn with magnitudes in [0.5, 1.5]
@@ -57,6 +59,14 @@ SYMBOLIC = (
     (MIX, {"num_experts": 1, "low_rank": 2, "activation": "identity"}),
     (MIX, {"num_experts": 2, "low_rank": 2, "activation": "tanh"}),
     (MIX, {"num_experts": 2, "low_rank": 1, "activation": "relu"}),
+)
+
+# (kind, options) for the symbolic witness of InteractionDCNArch at B=2, F=2, D=2 (N=6), L=2.
+DCN_SYMBOLIC = (
+    ("CrossNet", {}),
+    ("LowRankCrossNet", {"low_rank": 2}),
+    ("VectorCrossNet", {}),
+    (MIX, {"num_experts": 2, "low_rank": 2, "activation": "tanh"}),
 )
 
 # (kind, options, B, N, L) for TorchRec parity: tiny, B = 1, L = 3, K = 3, DLRM-sized N.
@@ -198,10 +208,29 @@ def _symbolic(kind, options, n, num_layers):
     return witness
 
 
+def _symbolic_dcn(kind, options):
+    def witness():
+        from derivations.crossnet import symbolic_witness
+
+        return symbolic_witness(
+            "InteractionDCNArch",
+            crossnet_kind=kind,
+            num_sparse_features=2,
+            embedding_dim=2,
+            num_layers=2,
+            **options,
+        )
+
+    return witness
+
+
 def checks():
     for kind, options in SYMBOLIC:
         config = f"N=4 L=2 {_label(kind, options)}".strip()
         yield symbolic_check(kind, config, _symbolic(kind, options, 4, 2))
+    for kind, options in DCN_SYMBOLIC:
+        config = f"{kind} {_label(kind, options)} B=2 F=2 D=2 L=2".replace("  ", " ")
+        yield symbolic_check("InteractionDCNArch", config, _symbolic_dcn(kind, options))
     for kind, options, shapes in FINITE_DIFFERENCE:
         for batch, n, num_layers in shapes:
             config = f"B={batch} N={n} L={num_layers} {_label(kind, options)}".strip()

@@ -127,6 +127,16 @@ def _hand_over_arch():
     return arch(x), mlp_loop(x, layers, "relu", activation_on_last=False)
 
 
+def _hand_linear(bias):
+    def compute():
+        linear = Linear(5, 3, bias, seed=0)
+        params = linear.params
+        x = _linspace_input(3, 5)
+        return linear(x), mlp_loop(x, [(params["weight"], params.get("bias"))], "identity")
+
+    return compute
+
+
 def _hand_projection(batch, features, dim, sizes1, sizes2):
     def compute():
         arch = build_projection(batch, features, dim, sizes1, sizes2, seed=0)
@@ -189,6 +199,9 @@ def checks():
 
     yield finite_difference_check("Linear", "B=3 I=5 O=3", _one_input_builder(linear, 3))
     yield parity_check("Linear", "B=3 I=5 O=3", _one_input_builder(linear, 3), torch_module_like)
+    for bias in (True, False):
+        config = "B=3 I=5 O=3" + ("" if bias else " no-bias")
+        yield hand_check("Linear", f"{config} linspace", _hand_linear(bias))
 
     for batch, sizes in ((3, (5, 4)), (1, (4,))):
 
@@ -221,6 +234,12 @@ def checks():
         yield hand_check(layer, f"{config} linspace", _hand_projection(*shape))
         yield parity_check(layer, config, _projection_builder(*shape), torch_module_like)
 
+    for bias in (True, False):
+        yield symbolic_check(
+            "Linear",
+            "B=2 I=3 O=2" + ("" if bias else " no-bias"),
+            _symbolic("Linear", batch=2, in_features=3, out_features=2, bias=bias),
+        )
     yield symbolic_check(
         "MLP",
         "B=2 I=3 [2, 2] tanh",
