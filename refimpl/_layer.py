@@ -103,6 +103,32 @@ def check_array(
     return value
 
 
+def combine_features(
+    dense: np.ndarray, sparse: np.ndarray, num_sparse_features: int, dtype: np.dtype | None = None
+) -> tuple[np.ndarray, dict[str, int]]:
+    """Validate an interaction's two inputs and stack them, dense first: ``C = [dense; sparse]``.
+
+    ``dense`` must be (B, D) and ``sparse`` (B, F, D) with F = ``num_sparse_features``, both of
+    ``dtype`` (the layer's parameters') or, when it is None, of one floating dtype.
+
+    Returns
+    -------
+    combined : ndarray, shape (B, F+1, D)
+    sizes : dict
+        The letters B, F, D bound to their sizes.
+
+    >>> combined, sizes = combine_features(np.zeros((3, 4)), np.ones((3, 2, 4)), 2)
+    >>> combined.shape, sizes
+    ((3, 3, 4), {'F': 2, 'B': 3, 'D': 4})
+    """
+    sizes = {"F": num_sparse_features}
+    check_array("dense", dense, "B D", sizes, dtype)
+    check_array("sparse", sparse, "B F D", sizes, dtype)
+    if sparse.dtype != dense.dtype:
+        raise TypeError(f"sparse: dtype {sparse.dtype} differs from dense's {dense.dtype}")
+    return np.concatenate([dense[:, None, :], sparse], axis=1), sizes  # (B, F+1, D)
+
+
 class Layer:
     """Base class: parameters as a dict, state-dict loading, and the call convention.
 

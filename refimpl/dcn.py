@@ -9,7 +9,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from refimpl._layer import Layer, check_array, check_positive_int
+from refimpl._layer import Layer, check_array, check_positive_int, combine_features
 from refimpl.crossnet import _CrossNetBase
 
 
@@ -83,16 +83,14 @@ class InteractionDCNArch(Layer):
 
     def _combine(self, dense: np.ndarray, sparse: np.ndarray) -> np.ndarray:
         """Validate the inputs and stack them: ``[dense; sparse]``, (B, F+1, D)."""
-        sizes = {"F": self.num_sparse_features}
-        check_array("dense", dense, "B D", sizes, self.dtype)
-        check_array("sparse", sparse, "B F D", sizes, self.dtype)
+        combined, sizes = combine_features(dense, sparse, self.num_sparse_features, self.dtype)
         width = (self.num_sparse_features + 1) * sizes["D"]
         if self.crossnet.in_features != width:
             raise ValueError(
                 f"crossnet: in_features is {self.crossnet.in_features}, but the inputs give "
                 f"N = (F+1)·D = ({self.num_sparse_features}+1)·{sizes['D']} = {width}"
             )
-        return np.concatenate([dense[:, None, :], sparse], axis=1)  # (B, F+1, D)
+        return combined  # (B, F+1, D)
 
     def forward(self, dense: np.ndarray, sparse: np.ndarray) -> tuple[np.ndarray, DCNCache]:
         """

@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from refimpl._layer import Layer, check_array, check_positive_int
+from refimpl._layer import Layer, check_array, check_positive_int, combine_features
 
 PAIR_ORDERS = ("triu", "tril")
 SPLIT_MIN_WORK = 1 << 22  # multiply-adds below which one thread beats handing out slices
@@ -175,12 +175,7 @@ class InteractionArch(Layer):
         out : ndarray, shape (B, D + P); just ``dense`` when F = 0
         cache : DotCache
         """
-        sizes = {"F": self.num_sparse_features}
-        check_array("dense", dense, "B D", sizes)
-        check_array("sparse", sparse, "B F D", sizes)
-        if sparse.dtype != dense.dtype:
-            raise TypeError(f"sparse: dtype {sparse.dtype} differs from dense's {dense.dtype}")
-        combined = np.concatenate([dense[:, None, :], sparse], axis=1)  # (B, F+1, D)
+        combined, _ = combine_features(dense, sparse, self.num_sparse_features)  # (B, F+1, D)
         if self.num_sparse_features == 0:  # TorchRec returns dense itself; a copy is safer
             return dense.copy(), DotCache(combined)
         # The pairs of C Cᵀ, read from C Sᵀ: Z is symmetric, so pair (i, j) is Z[min, max], and

@@ -11,7 +11,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from refimpl._layer import Layer, check_array, check_positive_int
+from refimpl._layer import Layer, check_array, check_positive_int, combine_features
 from refimpl.mlp import prefixed
 
 BRANCHES = ("interaction_branch1", "interaction_branch2")
@@ -153,16 +153,17 @@ class InteractionProjectionArch(Layer):
     def __repr__(self) -> str:  # the branches' configurations, not every parameter's shape
         return f"{type(self).__name__}({self._config()})"
 
-    def _check_inputs(self, dense: np.ndarray, sparse: np.ndarray) -> None:
-        sizes = {"F": self.num_sparse_features}
-        check_array("dense", dense, "B D", sizes, self.dtype)
-        if self.embedding_dim is not None and sizes["D"] != self.embedding_dim:
+    def _combine(self, dense: np.ndarray, sparse: np.ndarray) -> np.ndarray:
+        """Validate the inputs (D must be the branches' D) and stack them: C, (B, F+1, D)."""
+        dim = self.embedding_dim
+        if dim is not None and getattr(dense, "ndim", 0) == 2 and dense.shape[1] != dim:
             raise ValueError(
-                f"dense: expected shape (B, D) = ({sizes['B']}, {self.embedding_dim}), got "
-                f"{dense.shape}: the branches read (F+1)·D = "
-                f"{self.interaction_branch1.in_features} values, so D = {self.embedding_dim}"
+                f"dense: expected shape (B, D) = ({dense.shape[0]}, {dim}), got {dense.shape}: "
+                f"the branches read (F+1)·D = {self.interaction_branch1.in_features} values, "
+                f"so D = {dim}"
             )
-        check_array("sparse", sparse, "B F D", sizes, self.dtype)
+        combined, _ = combine_features(dense, sparse, self.num_sparse_features, self.dtype)
+        return combined
 
     def forward(self, dense: np.ndarray, sparse: np.ndarray) -> tuple[np.ndarray, ProjectionCache]:
         """
@@ -176,13 +177,12 @@ class InteractionProjectionArch(Layer):
         out : ndarray, shape (B, D + F1·F2); a copy of ``dense`` when F = 0
         cache : ProjectionCache
         """
-        self._check_inputs(dense, sparse)
+        combined = self._combine(dense, sparse)  # C, (B, F+1, D)
         batch, dim = dense.shape
         if not self.num_sparse_features:
             empty = np.zeros((batch, 0, dim), self.dtype)
             return dense.copy(), ProjectionCache(empty, empty, None, None)
         f1, f2 = self.projected_dims
-        combined = np.concatenate([dense[:, None, :], sparse], axis=1)  # C, (B, F+1, D)
         flat = combined.reshape(batch, -1)  # c, (B, N)
         y_flat, cache1 = self.interaction_branch1.forward(flat)  # (B, F1·D)
         z_flat, cache2 = self.interaction_branch2.forward(flat)  # (B, D·F2)
@@ -234,10 +234,9 @@ class InteractionProjectionArch(Layer):
 
     def kink_distance(self, dense: np.ndarray, sparse: np.ndarray) -> float:
         """The nearer of the two branches' kink distances on ``[dense; sparse]`` flattened."""
-        self._check_inputs(dense, sparse)
+        combined = self._combine(dense, sparse)  # (B, F+1, D)
         if not self.num_sparse_features:
             return float("inf")
-        combined = np.concatenate([dense[:, None, :], sparse], axis=1)  # (B, F+1, D)
         flat = combined.reshape(dense.shape[0], -1)  # (B, N)
         return min(
             self.interaction_branch1.kink_distance(flat),
