@@ -810,10 +810,11 @@ BACKWARD_NEEDS = {
     "LowRankCrossNet": "x_l (dV_l), V_l x_l (dW_l), c_l (dx₀): L·(2N + r)",
     "VectorCrossNet": "x_l (dw_l) and s_l = x_l·w_l (dx₀ += s_l g): L·(N + 1)",
     "LowRankMixtureCrossNet": (
-        "x_l, φ(V x_l) (dC), φ(C φ(V x_l)) (dU), p (softmax), and Σ_k p_k c_k for dx₀: "
-        "L·(2N + 2K·r + K). Pre-activations are redundant (φ' from φ's output), and the "
-        "experts' c_k (K·N per layer) can go: (x₀⊙g)·c_k = φ₂_k·(U_kᵀ(x₀⊙g)) + b·(x₀⊙g), "
-        "and U_kᵀ(x₀⊙g) is formed for dφ₂ anyway"
+        "x_l (dV, dG), h = φ(V x_l) (dC, φ'), h̃ = φ(C h) (dU, dp, φ'), m = Σ_k p_k c_k "
+        "(dx₀ += m ⊙ g) and p (softmax): L·(2N + 2K·r + K), exactly what the cache holds. "
+        "No pre-activations (φ' is read from φ's output) and no experts' crosses c_k (K·N per "
+        "layer): with dm = x₀ ⊙ g, dp_k = h̃_k·(dm U_k) + b·dm and dU_k = dmᵀ(p_k h̃_k), and "
+        "dm U_k is needed for dh̃_k anyway"
     ),
     "InteractionDCNArch": "its cross network's (the flattened C is its x₀)",
     "InteractionProjectionArch": (
@@ -822,7 +823,8 @@ BACKWARD_NEEDS = {
     ),
     "MLP": (
         "each Linear's input (dW) and φ' of each layer: the inputs plus the last layer's "
-        "output suffice (layer i's output is layer i+1's input; φ' from φ's output)"
+        "output, exactly what the cache holds (layer i's output is layer i+1's input; φ' is "
+        "read from φ's output, so no pre-activations)"
     ),
 }
 for _name in ("DenseArch", "OverArch"):

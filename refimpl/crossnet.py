@@ -64,6 +64,19 @@ class _CrossNetBase(Layer):
         return f"in_features={self.in_features}, num_layers={self.num_layers}"
 
 
+def _layer_inputs(x0: np.ndarray, num_layers: int) -> np.ndarray:
+    """The cache's ``xs`` (L, B, N), ``xs[0] = x̂``; layer l writes ``x_{l+1}`` into ``xs[l+1]``
+    (:func:`_next_x`), so no list of per-layer arrays is copied into a stack at the end."""
+    xs = np.empty((num_layers, *x0.shape), x0.dtype)  # (L, B, N)
+    xs[0] = x0
+    return xs
+
+
+def _next_x(xs: np.ndarray, l: int) -> np.ndarray:
+    """Where layer l writes ``x_{l+1}``: the next slot of ``xs``, or a fresh output array."""
+    return xs[l + 1] if l + 1 < len(xs) else np.empty_like(xs[0])  # (B, N)
+
+
 class CrossCache(NamedTuple):
     xs: np.ndarray  # x_l entering each layer, (L, B, N); xs[0] is x̂
     crosses: np.ndarray  # c_l = W_l x_l + b_l, (L, B, N)
@@ -141,14 +154,14 @@ class CrossNet(_CrossNetBase):
         cache : CrossCache
         """
         x0 = self._check_input(x)
-        xs, crosses = [], []
-        x_l = x0
+        xs = _layer_inputs(x0, self.num_layers)  # (L, B, N)
+        crosses = np.empty_like(xs)  # (L, B, N)
         for l in range(self.num_layers):
-            cross = x_l @ self._params[f"kernels.{l}"].T + self._params[f"bias.{l}"][:, 0]  # (B, N)
-            xs.append(x_l)
-            crosses.append(cross)
-            x_l = x0 * cross + x_l  # (B, N)
-        return x_l, CrossCache(np.stack(xs), np.stack(crosses))
+            cross = np.matmul(xs[l], self._params[f"kernels.{l}"].T, out=crosses[l])  # (B, N)
+            cross += self._params[f"bias.{l}"][:, 0]  # c_l = W_l x_l + b_l, (B, N)
+            x_next = np.multiply(x0, cross, out=_next_x(xs, l))  # x̂ ⊙ c_l, (B, N)
+            x_next += xs[l]  # x_{l+1} = x̂ ⊙ c_l + x_l, (B, N)
+        return x_next, CrossCache(xs, crosses)
 
     def backward(self, d_out: np.ndarray, cache: CrossCache):
         """
@@ -168,9 +181,10 @@ class CrossNet(_CrossNetBase):
         d_x, d_x0, grads = d_out, np.zeros_like(x0), {}
         for l in reversed(range(self.num_layers)):
             d_x, d_x0_l, layer_grads = self._layer_backward(l, d_x, x0, xs[l], crosses[l])
-            d_x0 = d_x0 + d_x0_l  # every layer multiplies by x̂
+            d_x0 += d_x0_l  # every layer multiplies by x̂
             grads.update(layer_grads)
-        return d_x + d_x0, {k: grads[k] for k in self._params}
+        d_x0 += d_x  # the input's gradient: dx_0 + dx̂, (B, N)
+        return d_x0, {k: grads[k] for k in self._params}
 
     def _layer_backward(self, l, d_next, x0, x_l, cross):
         """One layer in reverse: ``(dx_l, this layer's share of dx̂, its parameter grads)``."""
@@ -180,7 +194,8 @@ class CrossNet(_CrossNetBase):
             f"kernels.{l}": d_cross.T @ x_l,  # (N, N)
             f"bias.{l}": d_cross.sum(axis=0)[:, None],  # (N, 1)
         }
-        d_x = d_next + d_cross @ kernel  # identity path + cross path, (B, N)
+        d_x = d_cross @ kernel  # the cross path, (B, N)
+        d_x += d_next  # + the identity path
         return d_x, cross * d_next, grads
 
 
@@ -277,17 +292,17 @@ class LowRankCrossNet(_CrossNetBase):
         cache : LowRankCache
         """
         x0 = self._check_input(x)
-        xs, projections, crosses = [], [], []
-        x_l = x0
+        xs = _layer_inputs(x0, self.num_layers)  # (L, B, N)
+        projections = np.empty((self.num_layers, x0.shape[0], self.low_rank), self.dtype)
+        crosses = np.empty_like(xs)  # (L, B, N)
         for l in range(self.num_layers):
-            projection = x_l @ self._params[f"V_kernels.{l}"].T  # (B, r)
-            lifted = projection @ self._params[f"W_kernels.{l}"].T  # (B, N)
-            cross = lifted + self._params[f"bias.{l}"]  # (B, N)
-            xs.append(x_l)
-            projections.append(projection)
-            crosses.append(cross)
-            x_l = x0 * cross + x_l  # (B, N)
-        return x_l, LowRankCache(np.stack(xs), np.stack(projections), np.stack(crosses))
+            v, w = self._params[f"V_kernels.{l}"], self._params[f"W_kernels.{l}"]
+            projection = np.matmul(xs[l], v.T, out=projections[l])  # v_l = V_l x_l, (B, r)
+            cross = np.matmul(projection, w.T, out=crosses[l])  # W_l v_l, (B, N)
+            cross += self._params[f"bias.{l}"]  # c_l = W_l v_l + b_l, (B, N)
+            x_next = np.multiply(x0, cross, out=_next_x(xs, l))  # x̂ ⊙ c_l, (B, N)
+            x_next += xs[l]  # x_{l+1} = x̂ ⊙ c_l + x_l, (B, N)
+        return x_next, LowRankCache(xs, projections, crosses)
 
     def backward(self, d_out: np.ndarray, cache: LowRankCache):
         """
@@ -309,9 +324,10 @@ class LowRankCrossNet(_CrossNetBase):
             d_x, d_x0_l, layer_grads = self._layer_backward(
                 l, d_x, x0, xs[l], projections[l], crosses[l]
             )
-            d_x0 = d_x0 + d_x0_l  # every layer multiplies by x̂
+            d_x0 += d_x0_l  # every layer multiplies by x̂
             grads.update(layer_grads)
-        return d_x + d_x0, {k: grads[k] for k in self._params}
+        d_x0 += d_x  # the input's gradient: dx_0 + dx̂, (B, N)
+        return d_x0, {k: grads[k] for k in self._params}
 
     def _layer_backward(self, l, d_next, x0, x_l, projection, cross):
         """One layer in reverse: ``(dx_l, this layer's share of dx̂, its parameter grads)``."""
@@ -323,7 +339,8 @@ class LowRankCrossNet(_CrossNetBase):
             f"V_kernels.{l}": d_projection.T @ x_l,  # (r, N)
             f"bias.{l}": d_cross.sum(axis=0),  # (N,)
         }
-        d_x = d_next + d_projection @ v  # identity path + cross path, (B, N)
+        d_x = d_projection @ v  # the cross path, (B, N)
+        d_x += d_next  # + the identity path
         return d_x, cross * d_next, grads
 
 
@@ -402,14 +419,14 @@ class VectorCrossNet(_CrossNetBase):
         cache : VectorCache
         """
         x0 = self._check_input(x)
-        xs, scores = [], []
-        x_l = x0
+        xs = _layer_inputs(x0, self.num_layers)  # (L, B, N)
+        scores = np.empty((self.num_layers, x0.shape[0], 1), self.dtype)  # (L, B, 1)
         for l in range(self.num_layers):
-            score = x_l @ self._params[f"kernels.{l}"]  # (B, 1)
-            xs.append(x_l)
-            scores.append(score)
-            x_l = x0 * score + self._params[f"bias.{l}"][:, 0] + x_l  # (B, N)
-        return x_l, VectorCache(np.stack(xs), np.stack(scores))
+            score = np.matmul(xs[l], self._params[f"kernels.{l}"], out=scores[l])  # s_l, (B, 1)
+            x_next = np.multiply(x0, score, out=_next_x(xs, l))  # x̂ s_l, (B, N)
+            x_next += self._params[f"bias.{l}"][:, 0]  # + b_l
+            x_next += xs[l]  # x_{l+1} = x̂ s_l + b_l + x_l, (B, N)
+        return x_next, VectorCache(xs, scores)
 
     def backward(self, d_out: np.ndarray, cache: VectorCache):
         """
@@ -429,30 +446,38 @@ class VectorCrossNet(_CrossNetBase):
         d_x, d_x0, grads = d_out, np.zeros_like(x0), {}
         for l in reversed(range(self.num_layers)):
             d_x, d_x0_l, layer_grads = self._layer_backward(l, d_x, x0, xs[l], scores[l])
-            d_x0 = d_x0 + d_x0_l  # every layer multiplies by x̂
+            d_x0 += d_x0_l  # every layer multiplies by x̂
             grads.update(layer_grads)
-        return d_x + d_x0, {k: grads[k] for k in self._params}
+        d_x0 += d_x  # the input's gradient: dx_0 + dx̂, (B, N)
+        return d_x0, {k: grads[k] for k in self._params}
 
     def _layer_backward(self, l, d_next, x0, x_l, score):
         """One layer in reverse: ``(dx_l, this layer's share of dx̂, its parameter grads)``."""
         kernel = self._params[f"kernels.{l}"]  # (N, 1)
-        d_score = np.sum(x0 * d_next, axis=1, keepdims=True)  # (B, 1)
+        d_score = np.vecdot(x0, d_next)[:, None]  # Σ_N x̂ ⊙ dx_{l+1}, no (B, N) temporary, (B, 1)
         grads = {
             f"kernels.{l}": x_l.T @ d_score,  # (N, 1)
             f"bias.{l}": d_next.sum(axis=0)[:, None],  # (N, 1)
         }
-        d_x = d_next + d_score @ kernel.T  # identity path + score path, (B, N)
+        d_x = d_score * kernel[:, 0]  # the score path, ds_l w_lᵀ (an outer product), (B, N)
+        d_x += d_next  # + the identity path
         return d_x, score * d_next, grads
 
 
 class MixtureCache(NamedTuple):
     xs: np.ndarray  # x_l entering each layer, (L, B, N)
-    pre1: np.ndarray  # a_l = V_l x_l, expert by expert, (L, K, B, r)
-    act1: np.ndarray  # g(a_l), (L, K, B, r)
-    pre2: np.ndarray  # e_l = C_l g(a_l), (L, K, B, r)
-    act2: np.ndarray  # g(e_l), (L, K, B, r)
-    crosses: np.ndarray  # c_l = U_l g(e_l) + b_l, (L, K, B, N)
+    act1: np.ndarray  # h_l = g(a_l), a_l = V_l x_l, expert by expert, (L, K, B, r)
+    act2: np.ndarray  # h̃_l = g(e_l), e_l = C_l h_l, (L, K, B, r)
+    mixes: np.ndarray  # m_l = Σ_k p_lk c_lk, c_lk = U_lk h̃_lk + b_l, (L, B, N)
     probs: np.ndarray  # softmax of the gate logits, (L, B, K); all ones when K = 1
+
+
+def _side_by_side(stacked: np.ndarray) -> np.ndarray:
+    """(K, B, r) -> (B, K·r): the experts' rows next to each other, expert k in columns
+    k·r … k·r + r − 1, so that a sum over experts of (B, r) @ (r, N) products is one product
+    (B, K·r) @ (K·r, N) with the experts' matrices stacked in the same order."""
+    k, batch, r = stacked.shape
+    return stacked.transpose(1, 0, 2).reshape(batch, k * r)
 
 
 class LowRankMixtureCrossNet(_CrossNetBase):
@@ -495,8 +520,10 @@ class LowRankMixtureCrossNet(_CrossNetBase):
     gate rows, (K, N))::
 
         a_lk    = x_l V_lkᵀ                         (K, B, r)
-        e_lk    = g(a_lk) C_lkᵀ                     (K, B, r)
-        c_lk    = g(e_lk) U_lkᵀ + b_lᵀ              (K, B, N)
+        h_lk    = g(a_lk)                           (K, B, r)
+        e_lk    = h_lk C_lkᵀ                        (K, B, r)
+        h̃_lk    = g(e_lk)                           (K, B, r)
+        c_lk    = h̃_lk U_lkᵀ + b_lᵀ                 (K, B, N)   never formed, see below
         p_l     = softmax_k(x_l Gᵀ)                 (B, K)    (p_l = 1 when K = 1)
         m_l     = Σ_k p_lk c_lk                     (B, N)
         x_{l+1} = x̂ ⊙ m_l + x_l                     (B, N)    = Σ_k p_lk expert_lk + x_l
@@ -509,15 +536,31 @@ class LowRankMixtureCrossNet(_CrossNetBase):
         dz_l    = p_l ⊙ (dp_l − Σ_k p_lk dp_lk)     (B, K)    softmax backward (K > 1)
         dG     += dz_lᵀ x_l                         (K, N)    summed over layers: shared
         dc_lk   = p_lk dm_l                         (K, B, N)
-        dU_lk   = dc_lkᵀ g(e_lk)                    (K, N, r)
+        dU_lk   = dc_lkᵀ h̃_lk                       (K, N, r)
         db_l    = Σ_batch,k dc_lk                   (N, 1)
-        de_lk   = (dc_lk U_lk) ⊙ g'(e_lk)           (K, B, r)
-        dC_lk   = de_lkᵀ g(a_lk)                    (K, r, r)
+        dh̃_lk   = dc_lk U_lk                        (K, B, r)
+        de_lk   = dh̃_lk ⊙ g'(e_lk)                  (K, B, r)
+        dC_lk   = de_lkᵀ h_lk                       (K, r, r)
         da_lk   = (de_lk C_lk) ⊙ g'(a_lk)           (K, B, r)
         dV_lk   = da_lkᵀ x_l                        (K, r, N)
         dx_l    = dx_{l+1} + Σ_k da_lk V_lk + dz_l G   (B, N)
 
     and ``d_input = dx_0 + dx̂``.
+
+    The code computes exactly this without the K crosses ``c_lk`` or their gradients
+    ``dc_lk`` (each (K, B, N): K times the size of everything else in a layer). Since
+    ``c_lk = h̃_lk U_lkᵀ + b_lᵀ`` and the weights sum to 1::
+
+        m_l     = Σ_k (p_lk h̃_lk) U_lkᵀ + b_lᵀ      one (B, K·r) @ (K·r, N) product
+        dh̃_lk   = p_lk (dm_l U_lk)
+        dp_lk   = h̃_lk · (dm_l U_lk) + b_l · dm_l   per sample, reusing dm_l U_lk
+        dU_lk   = dm_lᵀ (p_lk h̃_lk)
+        db_l    = Σ_batch dm_l
+
+    So the cache holds what those read and no more: ``x_l`` (dV, dG), ``h_l`` (dC, g'(a)),
+    ``h̃_l`` (dU, dp, g'(e)), ``m_l`` (dx̂) and ``p_l``: L·(2N + 2K·r + K) numbers per sample.
+    ``g'`` is read from g's output (see :mod:`refimpl.activations`), so the pre-activations
+    are not kept; :meth:`pre_activations` recomputes them.
 
     Examples
     --------
@@ -527,6 +570,8 @@ class LowRankMixtureCrossNet(_CrossNetBase):
     >>> y, cache = net.forward(np.ones((5, 8)))
     >>> cache.probs.shape, np.allclose(cache.probs.sum(axis=-1), 1.0)
     ((2, 5, 3), True)
+    >>> cache.act1.shape, cache.mixes.shape            # (L, K, B, r), (L, B, N)
+    ((2, 3, 5, 2), (2, 5, 8))
     >>> d_x, d_params = net.backward(np.ones_like(y), cache)
     >>> d_params["gates.0.weight"].shape
     (1, 8)
@@ -585,25 +630,30 @@ class LowRankMixtureCrossNet(_CrossNetBase):
         x0 = self._check_input(x)
         g = self._activation.forward
         gates = self._gates() if self.num_experts > 1 else None  # (K, N)
-        saved = []
-        x_l = x0
-        for l in range(self.num_layers):
+        num_layers, (batch, n), k, r = self.num_layers, x0.shape, self.num_experts, self.low_rank
+        xs = _layer_inputs(x0, num_layers)  # (L, B, N)
+        act1 = np.empty((num_layers, k, batch, r), self.dtype)  # (L, K, B, r)
+        act2 = np.empty_like(act1)  # (L, K, B, r)
+        mixes = np.empty_like(xs)  # (L, B, N)
+        probs = np.ones((num_layers, batch, k), self.dtype)  # (L, B, K); 1 when K = 1 (no gate)
+        for l in range(num_layers):
             u, v, c = (self._params[f"{name}_kernels.{l}"] for name in "UVC")
+            x_l = xs[l]  # (B, N)
             # Rows times transposed weights, as in the other networks, with the experts
             # stacked on a leading axis: (B, N) @ (K, N, r) broadcasts to (K, B, r).
-            pre1 = x_l @ v.transpose(0, 2, 1)  # (K, B, r)
-            act1 = g(pre1)  # (K, B, r)
-            pre2 = act1 @ c.transpose(0, 2, 1)  # (K, B, r)
-            act2 = g(pre2)  # (K, B, r)
-            cross = act2 @ u.transpose(0, 2, 1) + self._params[f"bias.{l}"][:, 0]  # (K, B, N)
-            if gates is None:
-                probs = np.ones((x0.shape[0], 1), self.dtype)  # (B, 1): no gating when K = 1
-            else:
-                probs = softmax(x_l @ gates.T)  # (B, K)
-            saved.append((x_l, pre1, act1, pre2, act2, cross, probs))
-            mix = np.sum(probs.T[:, :, None] * cross, axis=0)  # Σ_k p_k c_k, (B, N)
-            x_l = x0 * mix + x_l  # = Σ_k p_k (x̂ ⊙ c_k) + x_l, (B, N)
-        return x_l, MixtureCache(*(np.stack(arrays) for arrays in zip(*saved, strict=True)))
+            act1[l] = g(x_l @ v.transpose(0, 2, 1))  # h = g(a), a = V x_l, (K, B, r)
+            act2[l] = g(act1[l] @ c.transpose(0, 2, 1))  # h̃ = g(e), e = C h, (K, B, r)
+            if gates is not None:
+                probs[l] = softmax(x_l @ gates.T)  # (B, K)
+            weighted = probs[l].T[:, :, None] * act2[l]  # p_k h̃_k, (K, B, r)
+            u_rows = u.transpose(0, 2, 1).reshape(k * r, n)  # U_kᵀ stacked, (K·r, N)
+            # m = Σ_k p_k (h̃_k U_kᵀ + b) = Σ_k (p_k h̃_k) U_kᵀ + b, Σ_k p_k = 1: one product,
+            # never the K crosses c_k (K, B, N).
+            mix = np.matmul(_side_by_side(weighted), u_rows, out=mixes[l])  # (B, N)
+            mix += self._params[f"bias.{l}"][:, 0]  # m_l, (B, N)
+            x_next = np.multiply(x0, mix, out=_next_x(xs, l))  # Σ_k p_k (x̂ ⊙ c_k), (B, N)
+            x_next += x_l  # x_{l+1}, (B, N)
+        return x_next, MixtureCache(xs, act1, act2, mixes, probs)
 
     def backward(self, d_out: np.ndarray, cache: MixtureCache):
         """
@@ -627,41 +677,48 @@ class LowRankMixtureCrossNet(_CrossNetBase):
             d_x, d_x0_l, layer_grads, d_gates_l = self._layer_backward(
                 l, d_x, x0, gates, *layer_cache
             )
-            d_x0 = d_x0 + d_x0_l  # every layer multiplies by x̂
+            d_x0 += d_x0_l  # every layer multiplies by x̂
             grads.update(layer_grads)
             if d_gates is not None:
-                d_gates = d_gates + d_gates_l  # one set of gates serves every layer
+                d_gates += d_gates_l  # one set of gates serves every layer
         if d_gates is not None:
             for i in range(self.num_experts):
                 grads[f"gates.{i}.weight"] = d_gates[i : i + 1]  # (1, N)
-        return d_x + d_x0, {k: grads[k] for k in self._params}
+        d_x0 += d_x  # the input's gradient: dx_0 + dx̂, (B, N)
+        return d_x0, {k: grads[k] for k in self._params}
 
-    def _layer_backward(self, l, d_next, x0, gates, x_l, pre1, act1, pre2, act2, cross, probs):
+    def _layer_backward(self, l, d_next, x0, gates, x_l, act1, act2, mix, probs):
         """One layer in reverse: ``(dx_l, share of dx̂, parameter grads, gate grad or None)``."""
         u, v, c = (self._params[f"{name}_kernels.{l}"] for name in "UVC")
         derivative = self._activation.derivative
         weights = probs.T[:, :, None]  # p_k per sample, (K, B, 1)
-        d_mix = x0 * d_next  # (B, N)
-        d_x0 = np.sum(weights * cross, axis=0) * d_next  # the mix times dx_{l+1}, (B, N)
-        d_x = d_next  # the identity path
-        d_gates = None
-        if gates is not None:
-            d_probs = np.sum(cross * d_mix, axis=2).T  # (B, K)
-            d_logits = probs * (d_probs - np.sum(probs * d_probs, axis=1, keepdims=True))  # (B, K)
-            d_gates = d_logits.T @ x_l  # (K, N)
-            d_x = d_x + d_logits @ gates  # the gate path, (B, N)
-        d_cross = weights * d_mix  # (K, B, N)
-        d_act2 = d_cross @ u  # (K, B, r)
-        d_pre2 = d_act2 * derivative(pre2, act2)  # (K, B, r)
-        d_act1 = d_pre2 @ c  # (K, B, r)
-        d_pre1 = d_act1 * derivative(pre1, act1)  # (K, B, r)
+        d_mix = x0 * d_next  # dm, (B, N)
+        d_x0 = mix * d_next  # the mix times dx_{l+1}, (B, N)
+        # dc_k = p_k dm (K, B, N) is never formed: each use below moves p_k to the r side.
+        d_mix_u = d_mix @ u  # dm U_k, (B, N) @ (K, N, r) -> (K, B, r)
+        d_act2 = weights * d_mix_u  # dh̃_k = dc_k U_k = p_k (dm U_k), (K, B, r)
+        d_pre2 = d_act2 * derivative(None, act2)  # de, g' from g's output, (K, B, r)
+        d_act1 = d_pre2 @ c  # dh, (K, B, r)
+        d_pre1 = d_act1 * derivative(None, act1)  # da, (K, B, r)
         grads = {
-            f"U_kernels.{l}": d_cross.transpose(0, 2, 1) @ act2,  # (K, N, r)
+            f"U_kernels.{l}": d_mix.T @ (weights * act2),  # dc_kᵀ h̃_k = dmᵀ (p_k h̃_k), (K, N, r)
             f"V_kernels.{l}": d_pre1.transpose(0, 2, 1) @ x_l,  # (K, r, N)
-            f"bias.{l}": d_cross.sum(axis=(0, 1))[:, None],  # (N, 1)
+            f"bias.{l}": d_mix.sum(axis=0)[:, None],  # Σ_batch,k p_k dm = Σ_batch dm, (N, 1)
             f"C_kernels.{l}": d_pre2.transpose(0, 2, 1) @ act1,  # (K, r, r)
         }
-        d_x = d_x + np.sum(d_pre1 @ v, axis=0)  # the expert path, summed over experts, (B, N)
+        k, r, n = v.shape
+        # The expert path Σ_k da_k V_k as one product, (B, K·r) @ (K·r, N) with V_k stacked.
+        d_x = _side_by_side(d_pre1) @ v.reshape(k * r, n)  # (B, N)
+        d_x += d_next  # + the identity path
+        d_gates = None
+        if gates is not None:
+            bias = self._params[f"bias.{l}"]  # (N, 1)
+            # dp_k = Σ_N c_k ⊙ dm = h̃_k · (dm U_k) + b · dm, from c_k = h̃_k U_kᵀ + b. (b · dm is
+            # the same for every expert, so the softmax's backward below cancels it.)
+            d_probs = np.vecdot(act2, d_mix_u).T + d_mix @ bias  # (B, K)
+            d_logits = probs * (d_probs - np.sum(probs * d_probs, axis=1, keepdims=True))  # (B, K)
+            d_gates = d_logits.T @ x_l  # (K, N)
+            d_x += d_logits @ gates  # + the gate path, (B, N)
         return d_x, d_x0, grads, d_gates
 
     def kink_distance(self, x: np.ndarray) -> float:
@@ -674,12 +731,24 @@ class LowRankMixtureCrossNet(_CrossNetBase):
         """
         if not self._activation.kinked:
             return float("inf")
-        _, cache = self.forward(x)
-        live = np.any(cache.act1 != 0, axis=-1, keepdims=True)  # (L, K, B, 1)
-        distances = [np.abs(cache.pre1).min()]
+        pre1, pre2 = self.pre_activations(x)  # (L, K, B, r) each
+        live = np.any(pre1 > 0, axis=-1, keepdims=True)  # g(a) not all zero, (L, K, B, 1)
+        distances = [np.abs(pre1).min()]
         if live.any():
-            distances.append(np.abs(np.where(live, cache.pre2, np.inf)).min())
+            distances.append(np.abs(np.where(live, pre2, np.inf)).min())
         return float(min(distances))
+
+    def pre_activations(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``a = V_l x_l`` and ``e = C_l g(a)`` of every layer and expert, each (L, K, B, r),
+        recomputed: the cache keeps only ``g(a)`` and ``g(e)`` (backward reads g' from them)."""
+        _, cache = self.forward(x)
+        v, c = (
+            np.stack([self._params[f"{name}_kernels.{l}"] for l in range(self.num_layers)])
+            for name in "VC"
+        )  # (L, K, r, N), (L, K, r, r)
+        pre1 = cache.xs[:, None] @ v.transpose(0, 1, 3, 2)  # (L, 1, B, N) @ (L, K, N, r)
+        pre2 = cache.act1 @ c.transpose(0, 1, 3, 2)  # (L, K, B, r)
+        return pre1, pre2
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -148,7 +148,7 @@ class Linear(Layer):
 
 
 class MLPCache(NamedTuple):
-    linears: tuple[LinearCache, ...]  # layer i's input x_i, (B, I_i); x_{i+1} = g(z_i) for i ≥ 0
+    linears: tuple[LinearCache, ...]  # layer i's input x_i, (B, I_i); x_i = g(z_{i-1}) for i ≥ 1
     output: np.ndarray  # x_L = g(z_{L-1}), (B, O); with the inputs, every layer's g(z_i)
 
 
@@ -435,7 +435,9 @@ class OverArch(Layer):
     ``model.0`` = ``MLP(in_features, layer_sizes[:-1])`` (keys ``model.0._mlp.i._linear.*``)
     and ``model.1`` = ``Linear(layer_sizes[-2], layer_sizes[-1])`` (keys ``model.1.weight``,
     ``model.1.bias``). The logits carry no activation: ``out = model.1(model.0(x))``, i.e. an
-    MLP with ``activation_on_last=False``. Backward runs ``model.1`` then ``model.0``.
+    MLP with ``activation_on_last=False``. Backward runs ``model.1`` then ``model.0``. The
+    cache is the MLP's and the logits Linear's input, which is the MLP's output: the same
+    array, held once.
 
     Examples
     --------

@@ -144,6 +144,26 @@ def test_cache_description_counts_each_array_once():
     assert bench.cache_bytes(entries) == x.nbytes + y.nbytes + 32
 
 
+def test_caches_hold_what_backward_needs_and_no_more():
+    # The per-sample counts that BACKWARD_NEEDS states, against the bytes each cache holds.
+    batch, n, num_layers, k, r = 8, 12, 3, 4, 2
+    x = np.random.default_rng(0).standard_normal((batch, n))
+    expected = {
+        refimpl.CrossNet(n, num_layers): 2 * num_layers * n,  # x_l, c_l
+        refimpl.LowRankCrossNet(n, num_layers, r): num_layers * (2 * n + r),  # x_l, V x_l, c_l
+        refimpl.VectorCrossNet(n, num_layers): num_layers * (n + 1),  # x_l, s_l
+        # x_l, h_l, h̃_l, m_l, p_l: no pre-activations, no (K, B, N) crosses
+        refimpl.LowRankMixtureCrossNet(n, num_layers, k, r): num_layers * (2 * n + 2 * k * r + k),
+        refimpl.MLP(n, [6, 5, 4]): n + 6 + 5 + 4,  # each layer's input and the output
+        refimpl.DenseArch(n, [6, 5, 4]): n + 6 + 5 + 4,
+        refimpl.OverArch(n, [6, 5, 1]): n + 6 + 5,  # the logits Linear reads the MLP's output
+    }
+    for layer, count in expected.items():
+        _, cache = layer.forward(x)
+        entries = bench.describe_cache(cache, batch, (x,))
+        assert bench.cache_bytes(entries) == 8 * batch * count, type(layer).__name__
+
+
 def test_a_layer_that_does_not_exist_yet_is_reported_not_crashed():
     def build(sizes, dtype, rng):
         return bench._layer("NoSuchLayer")(), ()
