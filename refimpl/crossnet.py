@@ -63,6 +63,22 @@ class _CrossNetBase(Layer):
     def _config(self) -> str:
         return f"in_features={self.in_features}, num_layers={self.num_layers}"
 
+    def _backward_through_layers(self, d_out: np.ndarray, cache) -> tuple[np.ndarray, dict]:
+        """The backward of CrossNet, LowRankCrossNet and VectorCrossNet, whose caches are
+        ``(xs, *per-layer arrays)``: run ``_layer_backward`` from the last layer down, adding
+        up every layer's share of dx̂; the input's gradient is ``dx_0 + dx̂``."""
+        xs, *per_layer = cache
+        self._check_d_out(d_out, xs)
+        x0 = xs[0]
+        d_x, d_x0, grads = d_out, np.zeros_like(x0), {}
+        for l in reversed(range(self.num_layers)):
+            saved = (array[l] for array in per_layer)
+            d_x, d_x0_l, layer_grads = self._layer_backward(l, d_x, x0, xs[l], *saved)
+            d_x0 += d_x0_l  # every layer multiplies by x̂
+            grads.update(layer_grads)
+        d_x0 += d_x  # the input's gradient: dx_0 + dx̂, (B, N)
+        return d_x0, {k: grads[k] for k in self._params}
+
 
 def _layer_inputs(x0: np.ndarray, num_layers: int) -> np.ndarray:
     """The cache's ``xs`` (L, B, N), ``xs[0] = x̂``; layer l writes ``x_{l+1}`` into ``xs[l+1]``
@@ -175,16 +191,7 @@ class CrossNet(_CrossNetBase):
         d_x : ndarray, shape (B, N)
         d_params : dict, keyed and shaped like ``params``
         """
-        xs, crosses = cache
-        self._check_d_out(d_out, xs)
-        x0 = xs[0]
-        d_x, d_x0, grads = d_out, np.zeros_like(x0), {}
-        for l in reversed(range(self.num_layers)):
-            d_x, d_x0_l, layer_grads = self._layer_backward(l, d_x, x0, xs[l], crosses[l])
-            d_x0 += d_x0_l  # every layer multiplies by x̂
-            grads.update(layer_grads)
-        d_x0 += d_x  # the input's gradient: dx_0 + dx̂, (B, N)
-        return d_x0, {k: grads[k] for k in self._params}
+        return self._backward_through_layers(d_out, cache)
 
     def _layer_backward(self, l, d_next, x0, x_l, cross):
         """One layer in reverse: ``(dx_l, this layer's share of dx̂, its parameter grads)``."""
@@ -316,18 +323,7 @@ class LowRankCrossNet(_CrossNetBase):
         d_x : ndarray, shape (B, N)
         d_params : dict, keyed and shaped like ``params``
         """
-        xs, projections, crosses = cache
-        self._check_d_out(d_out, xs)
-        x0 = xs[0]
-        d_x, d_x0, grads = d_out, np.zeros_like(x0), {}
-        for l in reversed(range(self.num_layers)):
-            d_x, d_x0_l, layer_grads = self._layer_backward(
-                l, d_x, x0, xs[l], projections[l], crosses[l]
-            )
-            d_x0 += d_x0_l  # every layer multiplies by x̂
-            grads.update(layer_grads)
-        d_x0 += d_x  # the input's gradient: dx_0 + dx̂, (B, N)
-        return d_x0, {k: grads[k] for k in self._params}
+        return self._backward_through_layers(d_out, cache)
 
     def _layer_backward(self, l, d_next, x0, x_l, projection, cross):
         """One layer in reverse: ``(dx_l, this layer's share of dx̂, its parameter grads)``."""
@@ -440,16 +436,7 @@ class VectorCrossNet(_CrossNetBase):
         d_x : ndarray, shape (B, N)
         d_params : dict, keyed and shaped like ``params``
         """
-        xs, scores = cache
-        self._check_d_out(d_out, xs)
-        x0 = xs[0]
-        d_x, d_x0, grads = d_out, np.zeros_like(x0), {}
-        for l in reversed(range(self.num_layers)):
-            d_x, d_x0_l, layer_grads = self._layer_backward(l, d_x, x0, xs[l], scores[l])
-            d_x0 += d_x0_l  # every layer multiplies by x̂
-            grads.update(layer_grads)
-        d_x0 += d_x  # the input's gradient: dx_0 + dx̂, (B, N)
-        return d_x0, {k: grads[k] for k in self._params}
+        return self._backward_through_layers(d_out, cache)
 
     def _layer_backward(self, l, d_next, x0, x_l, score):
         """One layer in reverse: ``(dx_l, this layer's share of dx̂, its parameter grads)``."""
