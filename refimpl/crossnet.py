@@ -63,10 +63,23 @@ class _CrossNetBase(Layer):
     def _config(self) -> str:
         return f"in_features={self.in_features}, num_layers={self.num_layers}"
 
-    def _backward_through_layers(self, d_out: np.ndarray, cache) -> tuple[np.ndarray, dict]:
-        """The backward of CrossNet, LowRankCrossNet and VectorCrossNet, whose caches are
-        ``(xs, *per-layer arrays)``: run ``_layer_backward`` from the last layer down, adding
-        up every layer's share of dx̂; the input's gradient is ``dx_0 + dx̂``."""
+    def backward(self, d_out: np.ndarray, cache) -> tuple[np.ndarray, dict]:
+        """Backward of CrossNet, LowRankCrossNet and VectorCrossNet (the mixture has its own).
+
+        Their caches are ``(xs, *per-layer arrays)``; each network's ``_layer_backward`` takes
+        one layer in reverse. Every layer's share of dx̂ is added up, and the input's gradient
+        is ``dx_0 + dx̂``.
+
+        Parameters
+        ----------
+        d_out : ndarray, shape (B, N)
+        cache : the network's cache from ``forward``
+
+        Returns
+        -------
+        d_x : ndarray, shape (B, N)
+        d_params : dict, keyed and shaped like ``params``
+        """
         xs, *per_layer = cache
         self._check_d_out(d_out, xs)
         x0 = xs[0]
@@ -178,20 +191,6 @@ class CrossNet(_CrossNetBase):
             x_next = np.multiply(x0, cross, out=_next_x(xs, l))  # x̂ ⊙ c_l, (B, N)
             x_next += xs[l]  # x_{l+1} = x̂ ⊙ c_l + x_l, (B, N)
         return x_next, CrossCache(xs, crosses)
-
-    def backward(self, d_out: np.ndarray, cache: CrossCache):
-        """
-        Parameters
-        ----------
-        d_out : ndarray, shape (B, N)
-        cache : CrossCache from ``forward``
-
-        Returns
-        -------
-        d_x : ndarray, shape (B, N)
-        d_params : dict, keyed and shaped like ``params``
-        """
-        return self._backward_through_layers(d_out, cache)
 
     def _layer_backward(self, l, d_next, x0, x_l, cross):
         """One layer in reverse: ``(dx_l, this layer's share of dx̂, its parameter grads)``."""
@@ -311,20 +310,6 @@ class LowRankCrossNet(_CrossNetBase):
             x_next += xs[l]  # x_{l+1} = x̂ ⊙ c_l + x_l, (B, N)
         return x_next, LowRankCache(xs, projections, crosses)
 
-    def backward(self, d_out: np.ndarray, cache: LowRankCache):
-        """
-        Parameters
-        ----------
-        d_out : ndarray, shape (B, N)
-        cache : LowRankCache from ``forward``
-
-        Returns
-        -------
-        d_x : ndarray, shape (B, N)
-        d_params : dict, keyed and shaped like ``params``
-        """
-        return self._backward_through_layers(d_out, cache)
-
     def _layer_backward(self, l, d_next, x0, x_l, projection, cross):
         """One layer in reverse: ``(dx_l, this layer's share of dx̂, its parameter grads)``."""
         w, v = self._params[f"W_kernels.{l}"], self._params[f"V_kernels.{l}"]  # (N, r), (r, N)
@@ -423,20 +408,6 @@ class VectorCrossNet(_CrossNetBase):
             x_next += self._params[f"bias.{l}"][:, 0]  # + b_l
             x_next += xs[l]  # x_{l+1} = x̂ s_l + b_l + x_l, (B, N)
         return x_next, VectorCache(xs, scores)
-
-    def backward(self, d_out: np.ndarray, cache: VectorCache):
-        """
-        Parameters
-        ----------
-        d_out : ndarray, shape (B, N)
-        cache : VectorCache from ``forward``
-
-        Returns
-        -------
-        d_x : ndarray, shape (B, N)
-        d_params : dict, keyed and shaped like ``params``
-        """
-        return self._backward_through_layers(d_out, cache)
 
     def _layer_backward(self, l, d_next, x0, x_l, score):
         """One layer in reverse: ``(dx_l, this layer's share of dx̂, its parameter grads)``."""
