@@ -203,29 +203,22 @@ def checks():
         config = "B=3 I=5 O=3" + ("" if bias else " no-bias")
         yield hand_check("Linear", f"{config} linspace", _hand_linear(bias))
 
-    for batch, sizes in ((3, (5, 4)), (1, (4,))):
+    arch_cases = (
+        (DenseArch, ((3, (5, 4)), (1, (4,))), "[5, 4]", _hand_dense_arch),
+        (OverArch, ((3, (5, 4, 2)), (1, (4, 1))), "[5, 4, 2]", _hand_over_arch),
+    )
+    for cls, shapes, hand_sizes, hand in arch_cases:
+        name = cls.__name__
+        for batch, sizes in shapes:
 
-        def dense_arch(rng, sizes=sizes):
-            return DenseArch(6, sizes, seed=rng)
+            def arch(rng, cls=cls, sizes=sizes):
+                return cls(6, sizes, seed=rng)
 
-        config = f"B={batch} I=6 {list(sizes)}"
-        yield finite_difference_check("DenseArch", config, _one_input_builder(dense_arch, batch))
-        yield parity_check(
-            "DenseArch", config, _one_input_builder(dense_arch, batch), torch_module_like
-        )
-    yield hand_check("DenseArch", "B=3 I=6 [5, 4] linspace", _hand_dense_arch)
-
-    for batch, sizes in ((3, (5, 4, 2)), (1, (4, 1))):
-
-        def over_arch(rng, sizes=sizes):
-            return OverArch(6, sizes, seed=rng)
-
-        config = f"B={batch} I=6 {list(sizes)}"
-        yield finite_difference_check("OverArch", config, _one_input_builder(over_arch, batch))
-        yield parity_check(
-            "OverArch", config, _one_input_builder(over_arch, batch), torch_module_like
-        )
-    yield hand_check("OverArch", "B=3 I=6 [5, 4, 2] linspace", _hand_over_arch)
+            config = f"B={batch} I=6 {list(sizes)}"
+            build = _one_input_builder(arch, batch)
+            yield finite_difference_check(name, config, build)
+            yield parity_check(name, config, build, torch_module_like)
+        yield hand_check(name, f"B=3 I=6 {hand_sizes} linspace", hand)
 
     layer = "InteractionProjectionArch"
     for shape in PROJECTION_SHAPES:
