@@ -5,7 +5,7 @@ For each of TorchRec's ``CrossNet``, ``LowRankCrossNet``, ``VectorCrossNet`` and
 N from 4 up to the seed's 12 = (2+1)·4, L=2 layers, rank r=2, K=2 experts), takes the gradient
 of ``L = Σ G ⊙ Y`` for a symbolic upstream gradient ``G`` (entries ``g_{b,n}``), and proves
 that the closed-form backward recurrence refimpl uses equals it exactly. The recurrence is
-written below the way :mod:`refimpl.crossnet` runs it: layer by layer from the last, the
+written below the way :mod:`refimpl.layers.crossnet` runs it: layer by layer from the last, the
 identity path handing ``dx_{l+1}`` down, the ``x̂`` path (written ``x0`` in code) collecting a
 share from *every* layer, and for the mixture the two activations, the softmax over experts,
 and the gate gradient summed over the layers that share the gates. For the mixture it is the
@@ -91,13 +91,13 @@ from sympy import QQ
 from sympy.polys.rings import PolyElement, PolyRing, ring
 
 import refimpl
-from refimpl.crossnet import (
+from refimpl.layers.crossnet import (
     CrossCache,
     LowRankCache,
     MixtureCache,
     VectorCache,
 )
-from refimpl.gradcheck import rel_error
+from refimpl.tools.gradcheck import rel_error
 
 KINDS = ("CrossNet", "LowRankCrossNet", "VectorCrossNet", "LowRankMixtureCrossNet")
 MIXTURE = "LowRankMixtureCrossNet"
@@ -588,7 +588,7 @@ def closed_form_backward(
     derivative=None,
     mistake: str | None = None,
 ) -> Backward:
-    """The backward recurrence of :mod:`refimpl.crossnet`, written out on any arrays.
+    """The backward recurrence of :mod:`refimpl.layers.crossnet`, written out on any arrays.
 
     Works on NumPy arrays of ring elements (the proofs), of exact rationals (the mixture's
     proof at a point) or of floats (a refimpl cache: the notebooks use it to show each layer's
@@ -756,7 +756,7 @@ def split_combined_gradient(
 
     The forward only moves numbers, ``combined = concat(dense[:, None], sparse, axis=1)`` then
     ``x̂ = combined.reshape(B, N)``, so the backward moves the gradient back, as
-    :mod:`refimpl.dcn` does: ``d_combined = d_x.reshape(B, F+1, D)``, dense's gradient is row
+    :mod:`refimpl.layers.dcn` does: ``d_combined = d_x.reshape(B, F+1, D)``, dense's gradient is row
     0 and sparse's rows 1 … F. Works on arrays of ring elements, rationals or floats.
 
     Parameters
@@ -1421,7 +1421,7 @@ def symbolic_witness(kind: str, seed: int = 0, **config) -> float:
     Returns
     -------
     float
-        The worst :func:`refimpl.gradcheck.rel_error` of refimpl's output, input gradients and
+        The worst :func:`refimpl.tools.gradcheck.rel_error` of refimpl's output, input gradients and
         every parameter gradient against the lambdified symbolic ones (round-off, ~1e-15).
         Cached.
 

@@ -34,8 +34,8 @@ from typing import NamedTuple
 import numpy as np
 import sympy as sp
 
-from refimpl.dot import InteractionArch, pair_indices
-from refimpl.gradcheck import rel_error
+from refimpl.layers.dot import InteractionArch, pair_indices
+from refimpl.tools.gradcheck import rel_error
 
 SEED_BATCH, SEED_FEATURES, SEED_DIM = 2, 2, 4  # the seed's B, F ("sparse_feature_size"), D
 
@@ -609,7 +609,7 @@ def symbolic_witness(
     Returns
     -------
     float
-        The worst :func:`refimpl.gradcheck.rel_error` of refimpl's output, ``d_dense`` and
+        The worst :func:`refimpl.tools.gradcheck.rel_error` of refimpl's output, ``d_dense`` and
         ``d_sparse`` against the symbolic values (float64 round-off, ~1e-16).
 
     >>> symbolic_witness() < 1e-12

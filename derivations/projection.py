@@ -896,9 +896,9 @@ def compare_with_refimpl(
     -------
     dict
         ``"out"``, then each input name, then each parameter key: the
-        :func:`refimpl.gradcheck.rel_error` between refimpl and the symbolic value.
+        :func:`refimpl.tools.gradcheck.rel_error` between refimpl and the symbolic value.
     """
-    from refimpl.gradcheck import rel_error
+    from refimpl.tools.gradcheck import rel_error
 
     out, symbolic = evaluate(d, values, upstream)
     layer = _refimpl_layer(d.spec)
@@ -957,7 +957,7 @@ def symbolic_witness(kind: str, seed: int = 0, **config) -> float:
     Runs :func:`prove` (an AssertionError names any gradient whose closed form differs), then
     evaluates the symbolic forward and gradient (:func:`evaluate`) at standard-normal inputs,
     parameters and upstream gradient drawn from ``seed``, loads the same parameters into the
-    refimpl layer (``load_state_dict``) and returns the worst :func:`refimpl.gradcheck.rel_error`
+    refimpl layer (``load_state_dict``) and returns the worst :func:`refimpl.tools.gradcheck.rel_error`
     over the output, every input gradient and every parameter gradient. Cached.
 
     Parameters

@@ -6,20 +6,19 @@ shaped like TorchRec's ``state_dict()``, and follows one contract: ``forward(*in
 parameter gradients.
 """
 
-from refimpl._layer import Layer
-from refimpl.activations import ACTIVATIONS, get_activation
-from refimpl.crossnet import (
+from refimpl.layers.activations import ACTIVATIONS, get_activation
+from refimpl.layers.base import Layer
+from refimpl.layers.crossnet import (
     CrossNet,
     LowRankCrossNet,
     LowRankMixtureCrossNet,
     VectorCrossNet,
-    crossnet_loop,
 )
-from refimpl.dcn import InteractionDCNArch
-from refimpl.dot import InteractionArch, pair_indices
-from refimpl.gradcheck import GradCheckResult, draw_away_from_kinks, gradcheck, rel_error
-from refimpl.mlp import MLP, DenseArch, Linear, OverArch
-from refimpl.projection import InteractionProjectionArch
+from refimpl.layers.dcn import InteractionDCNArch
+from refimpl.layers.dot import InteractionArch, pair_indices
+from refimpl.layers.mlp import MLP, DenseArch, Linear, OverArch
+from refimpl.layers.projection import InteractionProjectionArch
+from refimpl.tools.gradcheck import GradCheckResult, draw_away_from_kinks, gradcheck, rel_error
 
 __all__ = [
     "ACTIVATIONS",
@@ -36,7 +35,6 @@ __all__ = [
     "LowRankMixtureCrossNet",
     "OverArch",
     "VectorCrossNet",
-    "crossnet_loop",
     "draw_away_from_kinks",
     "get_activation",
     "gradcheck",

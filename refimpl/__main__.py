@@ -2,7 +2,7 @@
 
 import sys
 
-COMMANDS = {"check": "refimpl.check", "bench": "refimpl.bench"}
+COMMANDS = {"check": "refimpl.tools.check", "bench": "refimpl.tools.bench"}
 
 
 def main(argv: list[str]) -> int:

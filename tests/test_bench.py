@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 import refimpl
-from refimpl import bench
+from refimpl.tools import bench
 from refimpl.__main__ import main as refimpl_main
-from refimpl.flops import FlopCount
+from refimpl.tools.flops import FlopCount
 
 NUMERIC = ("fwd ms", "fwd+bwd ms", "GFLOP/s", "% peak", "cache B/sample")
 TORCH = ("TorchRec fwd ms", "TorchRec fwd+bwd ms", "ratio")

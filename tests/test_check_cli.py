@@ -5,8 +5,8 @@ import sys
 
 import numpy as np
 
-from refimpl import check
-from refimpl.check import Check, Outcome, Unavailable, format_table, run_check
+from refimpl.tools import check
+from refimpl.tools.check import Check, Outcome, Unavailable, format_table, run_check
 
 
 def test_check_runs_for_the_dot_interaction_and_passes():

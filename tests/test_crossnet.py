@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 
 import refimpl
-from refimpl.cases import crossnet as cases
-from refimpl.crossnet import crossnet_loop, softmax
+from refimpl.layers.activations import softmax
+from refimpl.tools.check.cases import crossnet as cases
+from refimpl.tools.loops import crossnet_loop
 
 MIX = "LowRankMixtureCrossNet"
 VARIANTS = [
@@ -392,7 +393,7 @@ def test_broken_backwards_fail_gradcheck(broken, args, failing):
     assert failing <= caught, str(result)
     assert result.worst.rel_error > 1e-3
     # ...while the correct class passes at exactly the same point.
-    correct = next(c for c in broken.__mro__ if c.__module__ == "refimpl.crossnet")
+    correct = next(c for c in broken.__mro__ if c.__module__ == "refimpl.layers.crossnet")
     assert _gradcheck(correct(*args, seed=0)).ok
 
 

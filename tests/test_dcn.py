@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 import refimpl
-from refimpl.cases import crossnet as cases
-from refimpl.crossnet import crossnet_loop
+from refimpl.tools.check.cases import crossnet as cases
+from refimpl.tools.loops import crossnet_loop
 
 NETWORKS = [
     ("CrossNet", {}),

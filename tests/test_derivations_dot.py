@@ -9,7 +9,7 @@ import pytest
 sp = pytest.importorskip("sympy")
 
 import derivations.dot_interaction as dot  # noqa: E402
-from refimpl.dot import InteractionArch  # noqa: E402
+from refimpl.layers.dot import InteractionArch  # noqa: E402
 
 OPTIONS = [(False, "triu"), (False, "tril"), (True, "triu"), (True, "tril")]
 

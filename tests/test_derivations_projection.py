@@ -11,8 +11,8 @@ sp = pytest.importorskip("sympy")
 
 import derivations.projection as proj  # noqa: E402
 import refimpl  # noqa: E402
-from refimpl.activations import ACTIVATIONS, Activation  # noqa: E402
-from refimpl.gradcheck import rel_error  # noqa: E402
+from refimpl.layers.activations import ACTIVATIONS, Activation  # noqa: E402
+from refimpl.tools.gradcheck import rel_error  # noqa: E402
 
 CONFIGS = [
     ("Linear", {}),

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 import refimpl
-from refimpl.dot import interaction_loop, pair_indices
+from refimpl.layers.dot import pair_indices
+from refimpl.tools.loops import interaction_loop
 
 
 def _inputs(rng, batch, features, dim, dtype=np.float64):

@@ -1,8 +1,8 @@
-"""refimpl.flops against a brute-force count: per-scalar loops on numbers that count their ops.
+"""refimpl.tools.flops against a brute-force count: per-scalar loops on numbers that count their ops.
 
 Each layer's forward and backward is written below as plain loops over scalars, the formulas of
 DESIGN §4 step by step, on :class:`Counted` numbers that tally every ``+ − × ÷ exp tanh``. Sums
-start from the literal 0 (so a length-k dot product is 2k, the convention refimpl.flops
+start from the literal 0 (so a length-k dot product is 2k, the convention refimpl.tools.flops
 states). The loops also compute real values, which must match the refimpl layers, so the count
 is the count of the right computation.
 """
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import refimpl
-from refimpl import flops
+from refimpl.tools import flops
 
 
 class Counted:

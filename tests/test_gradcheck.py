@@ -1,10 +1,10 @@
-"""refimpl.gradcheck: it measures what it says, and it catches broken backwards."""
+"""refimpl.tools.gradcheck: it measures what it says, and it catches broken backwards."""
 
 import numpy as np
 import pytest
 
 import refimpl
-from refimpl.gradcheck import draw_away_from_kinks, numerical_gradient, rel_error
+from refimpl.tools.gradcheck import draw_away_from_kinks, numerical_gradient, rel_error
 
 
 def test_rel_error_is_elementwise_worst_with_floor():

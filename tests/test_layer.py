@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from refimpl._layer import Layer, check_array, linear_uniform, xavier_normal
+from refimpl.layers.base import Layer, check_array, linear_uniform, xavier_normal
 
 
 class Child(Layer):

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 import refimpl
-from refimpl.gradcheck import draw_away_from_kinks
-from refimpl.mlp import mlp_layers, mlp_loop
+from refimpl.tools.gradcheck import draw_away_from_kinks
+from refimpl.tools.loops import mlp_layers, mlp_loop
 
 
 def _away_from_kinks(layer, rng, batch=3):

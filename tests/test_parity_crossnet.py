@@ -8,8 +8,8 @@ crossnet = pytest.importorskip("torchrec.modules.crossnet")
 dlrm = pytest.importorskip("torchrec.models.dlrm")
 
 import refimpl  # noqa: E402
-from refimpl.cases import crossnet as cases  # noqa: E402
-from refimpl.parity import compare_with_torch  # noqa: E402
+from refimpl.tools.check.cases import crossnet as cases  # noqa: E402
+from refimpl.tools.parity import compare_with_torch  # noqa: E402
 
 pytestmark = pytest.mark.parity
 

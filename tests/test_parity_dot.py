@@ -7,7 +7,7 @@ torch = pytest.importorskip("torch")
 dlrm = pytest.importorskip("torchrec.models.dlrm")
 
 import refimpl  # noqa: E402
-from refimpl.parity import compare_with_torch  # noqa: E402
+from refimpl.tools.parity import compare_with_torch  # noqa: E402
 
 pytestmark = pytest.mark.parity
 

@@ -10,13 +10,13 @@ dlrm = pytest.importorskip("torchrec.models.dlrm")
 torchrec_mlp = pytest.importorskip("torchrec.modules.mlp")
 
 import refimpl  # noqa: E402
-from refimpl.cases.projection import (  # noqa: E402
+from refimpl.tools.check.cases.projection import (  # noqa: E402
     PROJECTION_SHAPES,
     build_projection,
     torch_module_like,
 )
-from refimpl.gradcheck import draw_away_from_kinks  # noqa: E402
-from refimpl.parity import compare_with_torch  # noqa: E402
+from refimpl.tools.gradcheck import draw_away_from_kinks  # noqa: E402
+from refimpl.tools.parity import compare_with_torch  # noqa: E402
 
 pytestmark = pytest.mark.parity
 

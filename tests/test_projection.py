@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 
 import refimpl
-from refimpl.cases.projection import PROJECTION_SHAPES, build_projection
-from refimpl.gradcheck import draw_away_from_kinks
-from refimpl.mlp import mlp_layers, mlp_loop
-from refimpl.projection import ProjectionCache, projection_loop
+from refimpl.layers.projection import ProjectionCache
+from refimpl.tools.check.cases.projection import PROJECTION_SHAPES, build_projection
+from refimpl.tools.gradcheck import draw_away_from_kinks
+from refimpl.tools.loops import mlp_layers, mlp_loop, projection_loop
 
 
 def _draw(batch, features, dim, dtype=np.float64):

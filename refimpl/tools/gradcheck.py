@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from refimpl._layer import Layer, as_rng
+from refimpl.layers.base import Layer, as_rng
 
 DEFAULT_STEP = 1e-3
 DEFAULT_TOL = 1e-7
@@ -197,7 +197,7 @@ def gradcheck(
         raise ValueError(
             f"gradcheck: a pre-activation lies {distance:.1e} from a ReLU kink (margin "
             f"{margin:.1e}); finite differences are not derivatives there: draw other inputs "
-            "(from refimpl.gradcheck import draw_away_from_kinks)"
+            "(from refimpl.tools.gradcheck import draw_away_from_kinks)"
         )
 
     out, cache = layer.forward(*inputs)

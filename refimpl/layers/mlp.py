@@ -11,14 +11,13 @@ Letters: B batch, I input features, O output features.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import NamedTuple
 
 import numpy as np
 
-from refimpl._layer import Layer, as_rng, check_array, check_positive_int, linear_uniform
-from refimpl.activations import Activation, get_activation
+from refimpl.layers.activations import Activation, get_activation
+from refimpl.layers.base import Layer, as_rng, check_array, check_positive_int, linear_uniform
 
 
 def check_layer_sizes(name: str, layer_sizes) -> tuple[int, ...]:
@@ -301,7 +300,7 @@ class MLP(Layer):
         d_params = {}
         dx = d_out  # dx_L, (B, O)
         for i in reversed(range(len(self.layer_sizes))):
-            g_prime = self._activations[i].derivative(None, activated[i])  # g'(z_i), (B, O_i)
+            g_prime = self._activations[i].derivative(activated[i])  # g'(z_i), (B, O_i)
             # dz_i = dx_{i+1} ⊙ g'(z_i): in place once dx_{i+1} is our own fresh array (every
             # layer but the last, whose dx_L is the caller's d_out).
             dz = dx * g_prime if dx is d_out else np.multiply(dx, g_prime, out=dx)  # (B, O_i)
@@ -522,60 +521,3 @@ class OverArch(Layer):
 
     def kink_distance(self, features: np.ndarray) -> float:
         return self.mlp.kink_distance(features)  # the logits Linear has no kink
-
-
-_SCALAR_ACTIVATIONS = {
-    "relu": lambda s: s if s > 0 else 0.0,
-    "tanh": math.tanh,
-    "identity": lambda s: s,
-}
-
-
-def mlp_loop(
-    input: np.ndarray,
-    layers: Sequence[tuple[np.ndarray, np.ndarray | None]],
-    activation: str = "relu",
-    activation_on_last: bool = True,
-) -> np.ndarray:
-    """An MLP written as plain loops: one sample, one neuron, one multiply-add at a time.
-
-    A didactic, independent implementation (slow) that the vectorized layers are tested
-    against. ``layers`` lists ``(weight, bias)`` per layer, ``weight`` (O_i, I_i) and ``bias``
-    (O_i,) or None. OverArch is ``activation_on_last=False`` over all its layers.
-
-    >>> w = np.array([[1.0, -1.0], [0.5, 0.5]])
-    >>> mlp_loop(np.array([[3.0, 1.0]]), [(w, np.array([0.0, -3.0]))])
-    array([[2., 0.]])
-    """
-    batch, _ = input.shape
-    out = []
-    for b in range(batch):
-        x = [float(v) for v in input[b]]
-        for i, (weight, bias) in enumerate(layers):
-            last = i == len(layers) - 1
-            g = _SCALAR_ACTIVATIONS["identity" if last and not activation_on_last else activation]
-            y = []
-            for o in range(weight.shape[0]):
-                total = 0.0 if bias is None else float(bias[o])
-                for k in range(weight.shape[1]):
-                    total += float(weight[o, k]) * x[k]
-                y.append(g(total))
-            x = y
-        out.append(x)
-    return np.array(out, dtype=input.dtype)
-
-
-def mlp_layers(params: Mapping[str, np.ndarray], prefix: str = "") -> list[tuple]:
-    """``[(weight, bias or None), …]`` read from TorchRec-style keys ``{prefix}_mlp.i._linear.*``.
-
-    >>> mlp = MLP(3, [2, 1], bias=False, seed=0)
-    >>> [(w.shape, b) for w, b in mlp_layers(mlp.params)]
-    [((2, 3), None), ((1, 2), None)]
-    """
-    layers = []
-    i = 0
-    while f"{prefix}_mlp.{i}._linear.weight" in params:
-        key = f"{prefix}_mlp.{i}._linear"
-        layers.append((params[f"{key}.weight"], params.get(f"{key}.bias")))
-        i += 1
-    return layers

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from refimpl.gradcheck import DEFAULT_TOL, gradcheck, rel_error
-from refimpl.parity import ParityUnavailable, compare_with_torch, require_torchrec
+from refimpl.tools.gradcheck import DEFAULT_TOL, gradcheck, rel_error
+from refimpl.tools.parity import ParityUnavailable, compare_with_torch, require_torchrec
 
 WITNESSES = ("symbolic", "finite-diff", "parity", "hand")
 FAMILIES = ("dot", "crossnet", "projection")
@@ -55,11 +55,11 @@ class Outcome:
 
 def all_checks(families: Iterable[str] = FAMILIES) -> Iterator[Check]:
     for family in families:
-        yield from importlib.import_module(f"refimpl.cases.{family}").checks()
+        yield from importlib.import_module(f"refimpl.tools.check.cases.{family}").checks()
 
 
 def finite_difference_check(layer: str, config: str, build) -> Check:
-    """``build(rng) -> (layer, inputs)``, checked by :func:`refimpl.gradcheck.gradcheck`."""
+    """``build(rng) -> (layer, inputs)``, checked by :func:`refimpl.tools.gradcheck.gradcheck`."""
 
     def run() -> float:
         net, inputs = build(np.random.default_rng(0))

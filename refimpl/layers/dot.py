@@ -2,55 +2,21 @@
 
 TorchRec's ``torchrec.models.dlrm.InteractionArch``. With ``C = [dense; sparse]`` stacked per
 sample (dense at row 0), the output is ``concat(dense, (C Cᵀ)[i, j] for the kept pairs)``.
+:func:`dot_interaction` and :func:`dot_interaction_backward` are the textbook forward and
+backward (they run on float arrays and on exact object arrays alike); the layer computes the
+same numbers through :mod:`refimpl.fast.dot`.
 """
 
 from __future__ import annotations
 
-import itertools
-import os
-from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
 import numpy as np
 
-from refimpl._layer import Layer, check_array, check_positive_int, combine_features
+from refimpl.fast.dot import dot_backward, dot_forward, dot_indices
+from refimpl.layers.base import Layer, check_array, check_positive_int, combine_features
 
 PAIR_ORDERS = ("triu", "tril")
-SPLIT_MIN_WORK = 1 << 22  # multiply-adds below which one thread beats handing out slices
-_pools: dict[int, ThreadPoolExecutor] = {}
-
-
-def matmul_threads() -> int:
-    """Threads for :func:`stacked_matmul`: ``OMP_NUM_THREADS`` if set, else the usable cores."""
-    if os.environ.get("OMP_NUM_THREADS", "").isdigit():
-        return max(1, int(os.environ["OMP_NUM_THREADS"]))
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-
-
-def stacked_matmul(a: np.ndarray, b: np.ndarray, threads: int | None = None) -> np.ndarray:
-    """``a @ b`` for stacks of small matrices, (S, m, k) @ (S, k, n), the stack split on threads.
-
-    NumPy multiplies a stack one matrix at a time on one core, and each of these products is
-    too small for BLAS to spread over more. Slices of the stack on separate threads (NumPy lets
-    go of the GIL while it multiplies) use the other cores; the numbers are those of ``a @ b``.
-
-    >>> a, b = np.ones((4, 2, 3)), np.ones((4, 3, 5))
-    >>> bool(np.array_equal(stacked_matmul(a, b, threads=2), a @ b))
-    True
-    """
-    threads = matmul_threads() if threads is None else threads
-    stack, m, k = a.shape
-    n = b.shape[-1]
-    if threads < 2 or stack < threads or stack * m * k * n < SPLIT_MIN_WORK:
-        return a @ b
-    out = np.empty((stack, m, n), np.result_type(a, b))  # (S, m, n)
-    bounds = [stack * i // threads for i in range(threads + 1)]
-    parts = [slice(lo, hi) for lo, hi in itertools.pairwise(bounds)]
-    if threads not in _pools:
-        _pools[threads] = ThreadPoolExecutor(threads, thread_name_prefix="refimpl-matmul")
-    pool = _pools[threads]
-    list(pool.map(lambda part: np.matmul(a[part], b[part], out=out[part]), parts))
-    return out
 
 
 def pair_indices(
@@ -146,9 +112,7 @@ class InteractionArch(Layer):
         self.self_interaction = bool(self_interaction)
         self.pair_order = pair_order
         self.rows, self.cols = pair_indices(self.num_sparse_features, self_interaction, pair_order)
-        self._cross_index, self._sym_index, self._diagonal = _fast_indices(
-            self.num_sparse_features, self.rows, self.cols
-        )
+        self._fast_indices = dot_indices(self.num_sparse_features, self.rows, self.cols)
 
     @property
     def num_pairs(self) -> int:
@@ -178,14 +142,7 @@ class InteractionArch(Layer):
         combined, _ = combine_features(dense, sparse, self.num_sparse_features)  # (B, F+1, D)
         if self.num_sparse_features == 0:  # TorchRec returns dense itself; a copy is safer
             return dense.copy(), DotCache(combined)
-        # The pairs of C Cᵀ, read from C Sᵀ: Z is symmetric, so pair (i, j) is Z[min, max], and
-        # max >= 1 except for (0, 0); cross[b, i, j-1] = c_i·c_j. C Sᵀ is a plain GEMM per
-        # sample, where NumPy would run C @ Cᵀ (one buffer twice) through the slower syrk.
-        cross = stacked_matmul(combined, sparse.transpose(0, 2, 1))  # C Sᵀ, (B, F+1, F)
-        pairs = np.take(cross.reshape(len(dense), -1), self._cross_index, axis=1)  # (B, P)
-        if self.self_interaction:  # the dense vector's own square is not in C Sᵀ
-            pairs[:, self._cross_index < 0] = np.einsum("bd,bd->b", dense, dense)[:, None]
-        return np.concatenate([dense, pairs], axis=1), DotCache(combined)  # (B, D + P)
+        return dot_forward(dense, sparse, combined, self._fast_indices), DotCache(combined)
 
     def backward(self, d_out: np.ndarray, cache: DotCache):
         """
@@ -205,37 +162,11 @@ class InteractionArch(Layer):
         check_array("d_out", d_out, "B P", {"B": batch, "P": self.output_size(dim)}, combined.dtype)
         if self.num_sparse_features == 0:
             return d_out.copy(), np.zeros((batch, 0, dim), combined.dtype), {}
-        d_pairs = d_out[:, dim:]  # (B, P)
-        # G + Gᵀ in one gather: entry (i, j) is the gradient of the kept pair {i, j}, 0 if no
-        # pair {i, j} is kept, twice the pair's on the diagonal (d(c·c)/dc = 2c).
-        values = [d_pairs, np.zeros((batch, 1), combined.dtype), 2 * d_pairs[:, self._diagonal]]
-        d_gram_sym = np.take(np.concatenate(values, axis=1), self._sym_index, axis=1)
-        d_combined = stacked_matmul(d_gram_sym.reshape(batch, n, n), combined)  # (G + Gᵀ) C
-        d_dense = d_out[:, :dim] + d_combined[:, 0]  # (B, D)
-        return d_dense, d_combined[:, 1:], {}  # d_sparse: a view of d_combined, (B, F, D)
+        d_dense, d_sparse = dot_backward(d_out, combined, self._fast_indices)
+        return d_dense, d_sparse, {}
 
 
-def _fast_indices(num_sparse_features: int, rows: np.ndarray, cols: np.ndarray):
-    """Index arrays for the fast forward and backward.
-
-    ``cross_index`` (P,): where pair (i, j) sits in C Sᵀ flattened, (B, (F+1)·F), read as
-    (min, max) since Z is symmetric; -1 for (0, 0), which C Sᵀ does not hold.
-    ``sym_index`` ((F+1)²,): for entry (i, j) of G + Gᵀ, the column of
-    ``[d_pairs, 0, 2·d_pairs[:, diagonal]]`` (B, P+1+len(diagonal)) that holds its value.
-    ``diagonal``: the positions of the pairs (i, i) in the pair list.
-    """
-    n, p = num_sparse_features + 1, len(rows)
-    low, high = np.minimum(rows, cols), np.maximum(rows, cols)
-    cross_index = np.where(high >= 1, low * num_sparse_features + high - 1, -1)
-    diagonal = np.flatnonzero(rows == cols)
-    sym_index = np.full(n * n, p)  # column P of the values is 0: pairs not kept
-    sym_index[rows * n + cols] = np.arange(p)
-    sym_index[cols * n + rows] = np.arange(p)
-    sym_index[rows[diagonal] * (n + 1)] = p + 1 + np.arange(len(diagonal))
-    return cross_index, sym_index, diagonal
-
-
-def interaction_plain(
+def dot_interaction(
     dense: np.ndarray, sparse: np.ndarray, rows: np.ndarray, cols: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """The forward in its textbook form, ``Z = C Cᵀ`` then the kept pairs; also returns C.
@@ -243,7 +174,7 @@ def interaction_plain(
     The layer computes the same pairs from ``C Sᵀ`` (faster); this is what it computes.
 
     >>> rows, cols = pair_indices(2)
-    >>> out, combined = interaction_plain(np.array([[1.0, 2.0]]),
+    >>> out, combined = dot_interaction(np.array([[1.0, 2.0]]),
     ...                                   np.array([[[3.0, 4.0], [5.0, 6.0]]]), rows, cols)
     >>> out
     array([[ 1.,  2., 11., 17., 39.]])
@@ -254,7 +185,7 @@ def interaction_plain(
     return np.concatenate([dense, pairs], axis=1), combined  # (B, D + P)
 
 
-def interaction_plain_backward(
+def dot_interaction_backward(
     d_out: np.ndarray, combined: np.ndarray, rows: np.ndarray, cols: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """The backward in its textbook form: ``G`` scattered, then ``dC = (G + Gᵀ) C``.
@@ -262,9 +193,9 @@ def interaction_plain_backward(
     The layer gathers ``G + Gᵀ`` into one array instead of building two; same result.
 
     >>> rows, cols = pair_indices(2)
-    >>> out, combined = interaction_plain(np.array([[1.0, 2.0]]),
+    >>> out, combined = dot_interaction(np.array([[1.0, 2.0]]),
     ...                                   np.array([[[3.0, 4.0], [5.0, 6.0]]]), rows, cols)
-    >>> d_dense, d_sparse = interaction_plain_backward(np.ones_like(out), combined, rows, cols)
+    >>> d_dense, d_sparse = dot_interaction_backward(np.ones_like(out), combined, rows, cols)
     >>> d_dense                                     # 1 + s0 + s1
     array([[ 9., 12.]])
     """
@@ -274,38 +205,3 @@ def interaction_plain_backward(
     d_combined = (d_gram + d_gram.transpose(0, 2, 1)) @ combined  # (B, F+1, D)
     d_dense = d_out[:, :dim] + d_combined[:, 0]  # (B, D)
     return d_dense, d_combined[:, 1:]  # (B, D), (B, F, D)
-
-
-def interaction_loop(
-    dense: np.ndarray, sparse: np.ndarray, self_interaction: bool = False, pair_order="triu"
-) -> np.ndarray:
-    """The dot interaction written as plain loops, one multiply-add at a time.
-
-    A didactic, independent implementation (slow) that the vectorized layer is tested against.
-
-    >>> interaction_loop(np.array([[1.0, 2.0]]), np.array([[[3.0, 4.0], [5.0, 6.0]]]))
-    array([[ 1.,  2., 11., 17., 39.]])
-    """
-    batch, num_features, dim = sparse.shape
-    rows = [dense[b] for b in range(batch)]
-    out = []
-    for b in range(batch):
-        features = [dense[b]] + [sparse[b, f] for f in range(num_features)]
-        n = len(features)
-        if pair_order == "triu":
-            pairs = [
-                (i, j) for i in range(n) for j in range(n) if j > i or (self_interaction and j == i)
-            ]
-        else:
-            pairs = [
-                (i, j) for i in range(n) for j in range(n) if j < i or (self_interaction and j == i)
-            ]
-        values = list(rows[b])
-        if num_features:
-            for i, j in pairs:
-                total = 0.0
-                for k in range(dim):
-                    total += features[i][k] * features[j][k]
-                values.append(total)
-        out.append(values)
-    return np.array(out, dtype=dense.dtype)

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from refimpl._layer import Layer, as_rng
-from refimpl.gradcheck import rel_error
+from refimpl.layers.base import Layer, as_rng
+from refimpl.tools.gradcheck import rel_error
 
 
 class ParityUnavailable(RuntimeError):

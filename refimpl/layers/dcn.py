@@ -9,8 +9,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from refimpl._layer import Layer, check_array, check_positive_int, combine_features
-from refimpl.crossnet import _CrossNetBase
+from refimpl.layers.base import Layer, check_array, check_positive_int, combine_features
+from refimpl.layers.crossnet import _CrossNetBase
 
 
 class DCNCache(NamedTuple):
@@ -53,7 +53,7 @@ class InteractionDCNArch(Layer):
 
     Examples
     --------
-    >>> from refimpl.crossnet import LowRankCrossNet
+    >>> from refimpl.layers.crossnet import LowRankCrossNet
     >>> dcn = InteractionDCNArch(2, LowRankCrossNet(in_features=9, num_layers=1, seed=0))
     >>> list(dcn.params)
     ['crossnet.W_kernels.0', 'crossnet.V_kernels.0', 'crossnet.bias.0']

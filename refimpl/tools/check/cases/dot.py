@@ -6,8 +6,9 @@ import itertools
 
 import numpy as np
 
-from refimpl.check import finite_difference_check, hand_check, parity_check, symbolic_check
-from refimpl.dot import InteractionArch, interaction_loop
+from refimpl.layers.dot import InteractionArch
+from refimpl.tools.check import finite_difference_check, hand_check, parity_check, symbolic_check
+from refimpl.tools.loops import interaction_loop
 
 SHAPES = ((2, 2, 4), (3, 1, 3), (1, 5, 2), (2, 0, 3))  # (B, F, D); (2, 2, 4) is the seed's
 

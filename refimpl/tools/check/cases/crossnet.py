@@ -1,25 +1,25 @@
 """Checks for the four cross networks, alone and inside InteractionDCNArch.
 
 Every network is checked by all four witnesses: finite differences at several small shapes,
-a hand check of the forward against the loop version (:func:`refimpl.crossnet.crossnet_loop`),
+a hand check of the forward against the loop version (:func:`refimpl.tools.loops.crossnet_loop`),
 TorchRec parity, and the SymPy proof in ``derivations.crossnet`` (each network on its own, and
 inside InteractionDCNArch with the gradient split back into dense and sparse). The mixture is
 checked with one expert (no gate) and several, with a kinked (relu) and smooth (tanh, identity)
 activation.
 
 Finite differences use gradcheck's defaults (the fourth-order stencil) through
-:func:`refimpl.check.finite_difference_check`. Inputs are drawn with magnitudes in [0.5, 1.5]
-(:func:`draw_input`) and away from ReLU kinks (:func:`refimpl.gradcheck.draw_away_from_kinks`).
+:func:`refimpl.tools.check.finite_difference_check`. Inputs are drawn with magnitudes in [0.5, 1.5]
+(:func:`draw_input`) and away from ReLU kinks (:func:`refimpl.tools.gradcheck.draw_away_from_kinks`).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from refimpl.check import finite_difference_check, hand_check, parity_check, symbolic_check
-from refimpl.crossnet import crossnet_loop
-from refimpl.dcn import InteractionDCNArch
-from refimpl.gradcheck import draw_away_from_kinks
+from refimpl.layers.dcn import InteractionDCNArch
+from refimpl.tools.check import finite_difference_check, hand_check, parity_check, symbolic_check
+from refimpl.tools.gradcheck import draw_away_from_kinks
+from refimpl.tools.loops import crossnet_loop
 
 MIX = "LowRankMixtureCrossNet"
 
@@ -150,7 +150,7 @@ def torch_crossnet(net):
             "tanh": torch.tanh,
             "identity": torch.nn.Identity(),
         }[net.activation]
-    name = next(c.__name__ for c in type(net).__mro__ if c.__module__ == "refimpl.crossnet")
+    name = next(c.__name__ for c in type(net).__mro__ if c.__module__ == "refimpl.layers.crossnet")
     module = getattr(crossnet, name)(**kwargs).double()
     module.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in net.params.items()})
     return module

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from refimpl._layer import as_rng
-from refimpl.check import finite_difference_check, hand_check, parity_check, symbolic_check
-from refimpl.gradcheck import draw_away_from_kinks
-from refimpl.mlp import MLP, DenseArch, Linear, OverArch, mlp_layers, mlp_loop
-from refimpl.projection import InteractionProjectionArch, projection_loop
+from refimpl.layers.base import as_rng
+from refimpl.layers.mlp import MLP, DenseArch, Linear, OverArch
+from refimpl.layers.projection import InteractionProjectionArch
+from refimpl.tools.check import finite_difference_check, hand_check, parity_check, symbolic_check
+from refimpl.tools.gradcheck import draw_away_from_kinks
+from refimpl.tools.loops import mlp_layers, mlp_loop, projection_loop
 
 ACTIVATIONS = ("relu", "tanh", "identity")
 MLP_SIZES = ((4,), (4, 3), (4, 3, 2))  # 1–3 layers over in_features = 5

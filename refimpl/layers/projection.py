@@ -11,8 +11,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from refimpl._layer import Layer, check_array, check_positive_int, combine_features
-from refimpl.mlp import prefixed
+from refimpl.layers.base import Layer, check_array, check_positive_int, combine_features
+from refimpl.layers.mlp import prefixed
 
 BRANCHES = ("interaction_branch1", "interaction_branch2")
 
@@ -33,7 +33,7 @@ class InteractionProjectionArch(Layer):
         F, the number of sparse (embedding) features. F = 0 returns ``dense`` unchanged and
         never calls the branches, as TorchRec does.
     interaction_branch1 : Layer
-        Maps (B, N) to (B, F1·D), N = (F+1)·D: a :class:`~refimpl.mlp.DenseArch` in TorchRec's
+        Maps (B, N) to (B, F1·D), N = (F+1)·D: a :class:`~refimpl.layers.mlp.DenseArch` in TorchRec's
         DLRM (any refimpl layer with ``in_features`` and ``out_features`` will do).
     interaction_branch2 : Layer
         Maps (B, N) to (B, D·F2).
@@ -62,7 +62,7 @@ class InteractionProjectionArch(Layer):
 
     Examples
     --------
-    >>> from refimpl.mlp import DenseArch
+    >>> from refimpl.layers.mlp import DenseArch
     >>> arch = InteractionProjectionArch(              # D = 12 / 3 = 4
     ...     2, DenseArch(12, [8], seed=0), DenseArch(12, [6, 12], seed=1))
     >>> arch.embedding_dim, arch.projected_dims        # F1 = 8 / 4, F2 = 12 / 4
@@ -242,37 +242,3 @@ class InteractionProjectionArch(Layer):
             self.interaction_branch1.kink_distance(flat),
             self.interaction_branch2.kink_distance(flat),
         )
-
-
-def projection_loop(dense: np.ndarray, sparse: np.ndarray, branch1, branch2) -> np.ndarray:
-    """The projection interaction written as plain loops, index arithmetic in place of reshape.
-
-    A didactic, independent implementation (slow) that the vectorized layer is tested
-    against. ``branch1`` and ``branch2`` map one sample's flattened ``[dense; sparse]``, a
-    list of N floats, to a list of F1·D (resp. D·F2) floats (e.g. a closure over
-    :func:`refimpl.mlp.mlp_loop`). Row-major reshapes become ``Y[i][k] = y[i·D + k]`` and
-    ``Z[k][j] = z[k·F2 + j]``.
-
-    >>> first_two = lambda c: c[:2]              # Y (1, 2) = first two values
-    >>> first_four = lambda c: c[:4]             # Z (2, 2)
-    >>> projection_loop(np.array([[1.0, 2.0]]), np.array([[[3.0, 4.0]]]), first_two, first_four)
-    array([[ 1.,  2.,  7., 10.]])
-    """
-    batch, num_features, dim = sparse.shape
-    out = []
-    for b in range(batch):
-        values = [float(v) for v in dense[b]]  # the passthrough
-        if num_features:
-            c = [float(v) for v in dense[b]]
-            for f in range(num_features):
-                c += [float(v) for v in sparse[b, f]]
-            y, z = branch1(c), branch2(c)
-            f1, f2 = len(y) // dim, len(z) // dim
-            for i in range(f1):
-                for j in range(f2):
-                    total = 0.0
-                    for k in range(dim):
-                        total += y[i * dim + k] * z[k * f2 + j]  # Y[i, k] · Z[k, j]
-                    values.append(total)
-        out.append(values)
-    return np.array(out, dtype=dense.dtype)

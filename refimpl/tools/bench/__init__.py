@@ -7,7 +7,7 @@ float64 the table reports:
   One run is ``forward`` then ``backward`` on a fixed random upstream gradient; the forward
   time is read inside the same run, so it includes building the cache (TorchRec's forward is
   likewise timed with autograd recording, as in training);
-- GFLOP/s from :mod:`refimpl.flops` (forward plus backward), and that as a fraction of this
+- GFLOP/s from :mod:`refimpl.tools.flops` (forward plus backward), and that as a fraction of this
   machine's NumPy matmul peak, measured in the same run with a square GEMM;
 - cache bytes per sample: the ``nbytes`` of the distinct arrays in the cache over B;
 - where PyTorch and TorchRec are installed, the same TorchRec module (same weights) in the
@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from refimpl.flops import FlopCount, count_flops, projection_flops
+from refimpl.tools.flops import FlopCount, count_flops, projection_flops
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
 PEAK_TARGET = 0.70  # matmul-bound layers: at least this fraction of NumPy's matmul peak
@@ -149,7 +149,7 @@ class Case:
     ``build(sizes, dtype, rng)`` returns ``(layer, inputs)`` and may raise ImportError or
     AttributeError while the layer is not written yet. ``torch_module(layer, sizes)`` builds the
     TorchRec module (torch imported inside). ``flops(layer, *inputs)`` defaults to
-    :func:`refimpl.flops.count_flops`.
+    :func:`refimpl.tools.flops.count_flops`.
     """
 
     name: str
@@ -248,7 +248,7 @@ def _slice_widths(sizes):
 
 def _build_projection_only(sizes, dtype, rng):
     """The projection arch with both MLPs replaced by ``x ↦ x[:, :width]`` (TorchRec's widths)."""
-    from refimpl._layer import Layer
+    from refimpl.layers.base import Layer
 
     class SliceBranch(Layer):
         """``x[:, :out_features]``: a branch with no arithmetic, to time the rest of the arch."""
@@ -986,7 +986,7 @@ Times are medians of the timed runs after warm-up; one run is forward then backw
 random upstream gradient, the forward time read inside the same run. TorchRec runs the same
 module with the same weights and inputs, with torch's intra-op threads set to NumPy's BLAS
 threads, interleaved run by run with refimpl's, with an untimed 50 ms pause before each run so
-that the other library's spinning worker threads have gone idle. FLOPs are refimpl.flops'
+that the other library's spinning worker threads have gone idle. FLOPs are refimpl.tools.flops'
 analytic counts of the layer's formulas (2 per multiply-add, 1 per other + − × ÷ exp;
 selections and copies free), so GFLOP/s rewards doing less redundant work. "% peak" divides by
 the n×n×n GEMM rate measured between the same layer's runs. Cache bytes count each distinct
@@ -1014,10 +1014,10 @@ def run_bench(
         from threadpoolctl import threadpool_limits
 
         threadpool_limits(threads)
-        os.environ["OMP_NUM_THREADS"] = str(threads)  # refimpl.dot.stacked_matmul reads it
+        os.environ["OMP_NUM_THREADS"] = str(threads)  # refimpl.layers.dot.stacked_matmul reads it
     numpy_threads = blas_threads()
     settings["NumPy BLAS threads"] = str(numpy_threads)
-    from refimpl.dot import matmul_threads
+    from refimpl.layers.dot import matmul_threads
 
     settings["refimpl stacked-matmul threads"] = str(matmul_threads())
     if use_torch:

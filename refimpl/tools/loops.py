@@ -1,0 +1,202 @@
+"""Every layer written again as plain loops: one sample, one multiply-add at a time.
+
+Slow, obvious and independent of the vectorized layers, which the hand witness and the tests
+check against them. A notebook may show one beside the matrix form it spells out.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+KINDS = ("CrossNet", "LowRankCrossNet", "VectorCrossNet", "LowRankMixtureCrossNet")
+
+
+def interaction_loop(
+    dense: np.ndarray, sparse: np.ndarray, self_interaction: bool = False, pair_order="triu"
+) -> np.ndarray:
+    """The dot interaction written as plain loops, one multiply-add at a time.
+
+    A didactic, independent implementation (slow) that the vectorized layer is tested against.
+
+    >>> interaction_loop(np.array([[1.0, 2.0]]), np.array([[[3.0, 4.0], [5.0, 6.0]]]))
+    array([[ 1.,  2., 11., 17., 39.]])
+    """
+    batch, num_features, dim = sparse.shape
+    rows = [dense[b] for b in range(batch)]
+    out = []
+    for b in range(batch):
+        features = [dense[b]] + [sparse[b, f] for f in range(num_features)]
+        n = len(features)
+        if pair_order == "triu":
+            pairs = [
+                (i, j) for i in range(n) for j in range(n) if j > i or (self_interaction and j == i)
+            ]
+        else:
+            pairs = [
+                (i, j) for i in range(n) for j in range(n) if j < i or (self_interaction and j == i)
+            ]
+        values = list(rows[b])
+        if num_features:
+            for i, j in pairs:
+                total = 0.0
+                for k in range(dim):
+                    total += features[i][k] * features[j][k]
+                values.append(total)
+        out.append(values)
+    return np.array(out, dtype=dense.dtype)
+
+
+def crossnet_loop(
+    x: np.ndarray, params: dict[str, np.ndarray], kind: str, activation: str = "relu"
+) -> np.ndarray:
+    """Any of the four cross networks written as plain loops over samples, layers and sums.
+
+    Slow, obvious and independent of the vectorized layers, which are tested against it.
+    ``params`` is a ``params``/``state_dict`` mapping; the layer count, rank and number of
+    experts are read from its shapes. ``activation`` only matters for the mixture.
+
+    >>> params = {"kernels.0": np.eye(2), "bias.0": np.zeros((2, 1))}
+    >>> crossnet_loop(np.array([[1.0, -2.0]]), params, "CrossNet")
+    array([[2., 2.]])
+    """
+    if kind not in KINDS:
+        raise ValueError(f"kind: expected one of {KINDS}, got {kind!r}")
+    g = {"relu": lambda z: max(z, 0.0), "tanh": math.tanh, "identity": lambda z: z}[activation]
+    p = {k: np.asarray(v, dtype=np.float64).tolist() for k, v in params.items()}
+    num_layers = sum(k.startswith("bias.") for k in params)
+    num_gates = sum(k.startswith("gates.") for k in params)
+
+    def matvec(matrix, vector):
+        return [sum(m * v for m, v in zip(row, vector, strict=True)) for row in matrix]
+
+    out = []
+    for sample in np.asarray(x, dtype=np.float64).tolist():
+        x0 = list(sample)
+        xl = list(sample)
+        n = len(x0)
+        for l in range(num_layers):
+            if kind == "CrossNet":
+                wx = matvec(p[f"kernels.{l}"], xl)
+                xl = [x0[i] * (wx[i] + p[f"bias.{l}"][i][0]) + xl[i] for i in range(n)]
+            elif kind == "LowRankCrossNet":
+                wvx = matvec(p[f"W_kernels.{l}"], matvec(p[f"V_kernels.{l}"], xl))
+                xl = [x0[i] * (wvx[i] + p[f"bias.{l}"][i]) + xl[i] for i in range(n)]
+            elif kind == "VectorCrossNet":
+                score = sum(xl[i] * p[f"kernels.{l}"][i][0] for i in range(n))
+                xl = [x0[i] * score + p[f"bias.{l}"][i][0] + xl[i] for i in range(n)]
+            else:
+                experts = []
+                for k in range(len(p[f"U_kernels.{l}"])):
+                    hidden = [g(a) for a in matvec(p[f"V_kernels.{l}"][k], xl)]
+                    hidden = [g(e) for e in matvec(p[f"C_kernels.{l}"][k], hidden)]
+                    uh = matvec(p[f"U_kernels.{l}"][k], hidden)
+                    experts.append([x0[i] * (uh[i] + p[f"bias.{l}"][i][0]) for i in range(n)])
+                if num_gates:
+                    logits = [matvec(p[f"gates.{k}.weight"], xl)[0] for k in range(num_gates)]
+                    top = max(logits)
+                    weights = [math.exp(z - top) for z in logits]
+                    total = sum(weights)
+                    weights = [w / total for w in weights]
+                else:
+                    weights = [1.0]
+                mix = [
+                    sum(w * e[i] for w, e in zip(weights, experts, strict=True)) for i in range(n)
+                ]
+                xl = [mix[i] + xl[i] for i in range(n)]
+        out.append(xl)
+    return np.array(out, dtype=x.dtype)
+
+
+_SCALAR_ACTIVATIONS = {
+    "relu": lambda s: s if s > 0 else 0.0,
+    "tanh": math.tanh,
+    "identity": lambda s: s,
+}
+
+
+def mlp_loop(
+    input: np.ndarray,
+    layers: Sequence[tuple[np.ndarray, np.ndarray | None]],
+    activation: str = "relu",
+    activation_on_last: bool = True,
+) -> np.ndarray:
+    """An MLP written as plain loops: one sample, one neuron, one multiply-add at a time.
+
+    A didactic, independent implementation (slow) that the vectorized layers are tested
+    against. ``layers`` lists ``(weight, bias)`` per layer, ``weight`` (O_i, I_i) and ``bias``
+    (O_i,) or None. OverArch is ``activation_on_last=False`` over all its layers.
+
+    >>> w = np.array([[1.0, -1.0], [0.5, 0.5]])
+    >>> mlp_loop(np.array([[3.0, 1.0]]), [(w, np.array([0.0, -3.0]))])
+    array([[2., 0.]])
+    """
+    batch, _ = input.shape
+    out = []
+    for b in range(batch):
+        x = [float(v) for v in input[b]]
+        for i, (weight, bias) in enumerate(layers):
+            last = i == len(layers) - 1
+            g = _SCALAR_ACTIVATIONS["identity" if last and not activation_on_last else activation]
+            y = []
+            for o in range(weight.shape[0]):
+                total = 0.0 if bias is None else float(bias[o])
+                for k in range(weight.shape[1]):
+                    total += float(weight[o, k]) * x[k]
+                y.append(g(total))
+            x = y
+        out.append(x)
+    return np.array(out, dtype=input.dtype)
+
+
+def mlp_layers(params: Mapping[str, np.ndarray], prefix: str = "") -> list[tuple]:
+    """``[(weight, bias or None), …]`` read from TorchRec-style keys ``{prefix}_mlp.i._linear.*``.
+
+    >>> from refimpl import MLP
+    >>> mlp = MLP(3, [2, 1], bias=False, seed=0)
+    >>> [(w.shape, b) for w, b in mlp_layers(mlp.params)]
+    [((2, 3), None), ((1, 2), None)]
+    """
+    layers = []
+    i = 0
+    while f"{prefix}_mlp.{i}._linear.weight" in params:
+        key = f"{prefix}_mlp.{i}._linear"
+        layers.append((params[f"{key}.weight"], params.get(f"{key}.bias")))
+        i += 1
+    return layers
+
+
+def projection_loop(dense: np.ndarray, sparse: np.ndarray, branch1, branch2) -> np.ndarray:
+    """The projection interaction written as plain loops, index arithmetic in place of reshape.
+
+    A didactic, independent implementation (slow) that the vectorized layer is tested
+    against. ``branch1`` and ``branch2`` map one sample's flattened ``[dense; sparse]``, a
+    list of N floats, to a list of F1·D (resp. D·F2) floats (e.g. a closure over
+    :func:`refimpl.mlp.mlp_loop`). Row-major reshapes become ``Y[i][k] = y[i·D + k]`` and
+    ``Z[k][j] = z[k·F2 + j]``.
+
+    >>> first_two = lambda c: c[:2]              # Y (1, 2) = first two values
+    >>> first_four = lambda c: c[:4]             # Z (2, 2)
+    >>> projection_loop(np.array([[1.0, 2.0]]), np.array([[[3.0, 4.0]]]), first_two, first_four)
+    array([[ 1.,  2.,  7., 10.]])
+    """
+    batch, num_features, dim = sparse.shape
+    out = []
+    for b in range(batch):
+        values = [float(v) for v in dense[b]]  # the passthrough
+        if num_features:
+            c = [float(v) for v in dense[b]]
+            for f in range(num_features):
+                c += [float(v) for v in sparse[b, f]]
+            y, z = branch1(c), branch2(c)
+            f1, f2 = len(y) // dim, len(z) // dim
+            for i in range(f1):
+                for j in range(f2):
+                    total = 0.0
+                    for k in range(dim):
+                        total += y[i * dim + k] * z[k * f2 + j]  # Y[i, k] · Z[k, j]
+                    values.append(total)
+        out.append(values)
+    return np.array(out, dtype=dense.dtype)
