@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 import refimpl
-from refimpl.tools import bench
 from refimpl.__main__ import main as refimpl_main
+from refimpl.tools import bench
 from refimpl.tools.flops import FlopCount
 
 NUMERIC = ("fwd ms", "fwd+bwd ms", "GFLOP/s", "% peak", "cache B/sample")

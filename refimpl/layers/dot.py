@@ -158,7 +158,7 @@ class InteractionArch(Layer):
         d_params : dict, empty (the layer has no parameters)
         """
         (combined,) = cache
-        batch, n, dim = combined.shape
+        batch, _n, dim = combined.shape
         check_array("d_out", d_out, "B P", {"B": batch, "P": self.output_size(dim)}, combined.dtype)
         if self.num_sparse_features == 0:
             return d_out.copy(), np.zeros((batch, 0, dim), combined.dtype), {}

@@ -1014,10 +1014,10 @@ def run_bench(
         from threadpoolctl import threadpool_limits
 
         threadpool_limits(threads)
-        os.environ["OMP_NUM_THREADS"] = str(threads)  # refimpl.layers.dot.stacked_matmul reads it
+        os.environ["OMP_NUM_THREADS"] = str(threads)  # refimpl.fast.threads.stacked_matmul reads it
     numpy_threads = blas_threads()
     settings["NumPy BLAS threads"] = str(numpy_threads)
-    from refimpl.layers.dot import matmul_threads
+    from refimpl.fast.threads import matmul_threads
 
     settings["refimpl stacked-matmul threads"] = str(matmul_threads())
     if use_torch:

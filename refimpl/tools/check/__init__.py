@@ -1,6 +1,7 @@
 """``python -m refimpl check``: every available gradient witness for every layer, as a table.
 
-Each layer family lists its checks in ``refimpl/cases/<family>.py``: a :class:`Check` names the
+Each layer family lists its checks in ``refimpl/tools/check/cases/<family>.py`` (every module
+there is found and run): a :class:`Check` names the
 layer, a configuration, the witness (DESIGN §5) and a function that runs it and returns the
 worst relative error. A witness whose optional dependency is missing (SymPy for "symbolic",
 TorchRec for "parity") raises :class:`Unavailable` and is shown as skipped, not passed.
@@ -11,6 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import pkgutil
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -22,7 +24,6 @@ from refimpl.tools.gradcheck import DEFAULT_TOL, gradcheck, rel_error
 from refimpl.tools.parity import ParityUnavailable, compare_with_torch, require_torchrec
 
 WITNESSES = ("symbolic", "finite-diff", "parity", "hand")
-FAMILIES = ("dot", "crossnet", "projection")
 PARITY_TOL = 1e-10
 HAND_TOL = 1e-12
 
@@ -53,8 +54,15 @@ class Outcome:
         return "pass" if self.error < self.check.tol else "FAIL"
 
 
-def all_checks(families: Iterable[str] = FAMILIES) -> Iterator[Check]:
-    for family in families:
+def families() -> list[str]:
+    """The modules of :mod:`refimpl.tools.check.cases`, one per layer family, by name."""
+    from refimpl.tools.check import cases
+
+    return sorted(m.name for m in pkgutil.iter_modules(cases.__path__))
+
+
+def all_checks(names: Iterable[str] | None = None) -> Iterator[Check]:
+    for family in families() if names is None else names:
         yield from importlib.import_module(f"refimpl.tools.check.cases.{family}").checks()
 
 
