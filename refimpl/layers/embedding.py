@@ -443,6 +443,8 @@ class EmbeddingBagCollection(Layer):
     RowSparse(rows=2 of 10, D=2)
     """
 
+    input_names = ("features",)
+
     def __init__(
         self,
         tables: Sequence[EmbeddingBagConfig],
