@@ -25,7 +25,7 @@ from typing import NamedTuple
 import numpy as np
 
 from refimpl.layers.activations import get_activation, softplus
-from refimpl.layers.base import FLOAT_DTYPES
+from refimpl.layers.base import FLOAT_DTYPES, Layer
 
 
 class BCECache(NamedTuple):
@@ -65,7 +65,7 @@ def bce_with_logits_backward(d_loss, cache: BCECache):
     return d_loss * d_per_logit / logits.size
 
 
-class BCEWithLogitsLoss:
+class BCEWithLogitsLoss(Layer):
     """Mean binary cross-entropy on logits, as ``torch.nn.BCEWithLogitsLoss()``.
 
     Parameters
@@ -98,6 +98,7 @@ class BCEWithLogitsLoss:
     input_names = ("logits", "labels")
 
     def __init__(self, pos_weight=None):
+        super().__init__()  # no parameters; works in the logits' dtype, float32 or float64
         if pos_weight is not None:
             pos_weight = np.asarray(pos_weight)
             if pos_weight.dtype == bool or not np.issubdtype(pos_weight.dtype, np.number):
@@ -180,5 +181,3 @@ class BCEWithLogitsLoss:
         dtype = cache.logits.dtype
         return bce_with_logits_backward(d_loss.astype(dtype), cache).astype(dtype), None, {}
 
-    def __call__(self, logits, labels):
-        return self.forward(logits, labels)[0]

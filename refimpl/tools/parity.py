@@ -105,7 +105,8 @@ def keep_table_dtype(torch_ebc):
     def forward(features):
         by_key = features.to_dict()
         pooled = []
-        for bag, names in zip(torch_ebc.embedding_bags.values(), torch_ebc._feature_names):
+        tables = zip(torch_ebc.embedding_bags.values(), torch_ebc._feature_names, strict=True)
+        for bag, names in tables:
             for name in names:
                 feature = by_key[name]
                 weights = feature.weights() if torch_ebc.is_weighted() else None
