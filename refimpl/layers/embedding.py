@@ -317,6 +317,11 @@ def embedding_bag_backward(d_pooled, cache: BagCache, num_embeddings: int):
 # ------------------------------------------------------------------ EmbeddingBagCollection
 
 
+def mean_divisor(lengths: np.ndarray, dtype) -> np.ndarray:
+    """Each bag's length as a (B, 1) column, 1 for an empty bag (whose sum is zero anyway)."""
+    return np.maximum(lengths, 1)[:, None].astype(dtype)
+
+
 def _pooling_name(pooling) -> str:
     name = getattr(pooling, "value", pooling)  # TorchRec's PoolingType.SUM has value "SUM"
     if isinstance(name, str) and name.lower() in POOLINGS:
@@ -545,8 +550,8 @@ class EmbeddingBagCollection(Layer):
             if len(ids) and (ids.min() < 0 or ids.max() >= table.num_embeddings):
                 bad = ids[(ids < 0) | (ids >= table.num_embeddings)]
                 raise ValueError(
-                    f"features: key {name!r} has ids {_fmt_list(np.unique(bad))} outside table "
-                    f"{table.name!r}'s rows [0, {table.num_embeddings})"
+                    f"features: key {name!r} has ids {_fmt_list(np.unique(bad))} outside the rows "
+                    f"[0, {table.num_embeddings}) of table {table.name!r}"
                 )
             lookups.append(
                 (
@@ -576,7 +581,7 @@ class EmbeddingBagCollection(Layer):
         for t, ids, lengths, weights, _ in lookups:
             bags, rows = bag_sums(self.weight(t), ids, lengths, weights)  # (B, D_f)
             if self.tables[t].pooling == "mean":
-                bags = bags / np.maximum(lengths, 1)[:, None].astype(self.dtype)
+                bags = bags / mean_divisor(lengths, self.dtype)  # (B, D_f)
             pooled.append(bags)
             looked_up.append(rows)
         batch = features.stride
@@ -606,7 +611,7 @@ class EmbeddingBagCollection(Layer):
         for k, (t, ids, lengths, weights, where) in enumerate(lookups):
             d_bags = d_out[:, starts[k] : starts[k + 1]]  # (B, D_f)
             if self.tables[t].pooling == "mean":
-                d_bags = d_bags / np.maximum(lengths, 1)[:, None].astype(self.dtype)
+                d_bags = d_bags / mean_divisor(lengths, self.dtype)  # (B, D_f)
             bag = np.repeat(np.arange(batch), lengths)  # (M_f,)
             if weights is not None:
                 # dw_i = d_bags[bag(i)] · E[id_i], one dot product per id
