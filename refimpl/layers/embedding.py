@@ -701,7 +701,7 @@ class SparseArch(Layer):
     def forward(self, features: KeyedJaggedArray) -> tuple[np.ndarray, EBCCache]:
         """(B, F, D) from a KeyedJaggedArray; the cache is the collection's."""
         pooled, cache = self.embedding_bag_collection.forward(features)  # (B, F·D)
-        return pooled.reshape(-1, self.F, self.D), cache  # (B, F, D)
+        return pooled.reshape(cache.batch, self.F, self.D), cache  # (B, F, D)
 
     def backward(self, d_out: np.ndarray, cache: EBCCache):
         """``(d_weights or None, d_params)`` from ``d_out`` (B, F, D)."""
@@ -709,6 +709,6 @@ class SparseArch(Layer):
             "d_out", d_out, "B F D", {"B": cache.batch, "F": self.F, "D": self.D}, self.dtype
         )
         d_weights, d_ebc = self.embedding_bag_collection.backward(
-            d_out.reshape(cache.batch, -1), cache
+            d_out.reshape(cache.batch, self.F * self.D), cache  # (B, F·D)
         )
         return d_weights, {f"embedding_bag_collection.{k}": v for k, v in d_ebc.items()}
