@@ -10,7 +10,8 @@ differ, labels other than 0/1 and NaN raise a ``ValueError``.
 - :func:`normalized_entropy`: log loss ÷ the entropy of the base rate (the log loss of always
   predicting the mean label); below 1 means better than knowing only the click rate.
 - :func:`calibration`: Σ predictions ÷ Σ labels; 1 is calibrated.
-- :func:`accuracy`: the fraction with ``(prediction >= threshold) == label``.
+- :func:`accuracy`: the fraction with ``(prediction >= threshold) == label`` (TorchRec's
+  ``>=``; torchmetrics counts a prediction equal to the threshold as negative).
 - :func:`expected_auc`: the AUC a scorer earns on average when labels are drawn from known
   probabilities (used to state the best AUC synthetic data allows).
 
