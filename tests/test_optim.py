@@ -287,3 +287,11 @@ def test_combined_optimizer_refuses_overlapping_groups():
         CombinedOptimizer({"a.b": SGD({"w": w})})
     with pytest.raises(TypeError, match="expected an Optimizer"):
         CombinedOptimizer({"a": object()})
+
+
+@pytest.mark.parametrize("cls", ALL)
+def test_an_empty_row_sparse_gradient_only_counts_the_step(cls):
+    w = np.ones((3, 2))
+    opt = cls({"w": w}, lr=0.1, weight_decay=0.1)
+    opt.step({"w": RowSparse(np.zeros(0, np.int64), np.zeros((0, 2)), 3)})
+    assert (w == 1).all() and opt.state["w"]["step"] == 1
