@@ -187,3 +187,29 @@ def test_mutant_repeated_id_counted_once_fails_the_model_check(rng, monkeypatch)
     monkeypatch.setattr(embedding, "table_gradient", drop_repeats)
     result = gradcheck(model, inputs)
     assert not result.ok and result.worst.name.startswith("sparse_arch.")
+
+
+@pytest.mark.parametrize("kind", MODELS)
+def test_the_model_equals_its_textbook_composition(rng, kind):
+    from refimpl.models.dlrm import DLRMSpec, dlrm_backward, dlrm_forward, model_bags
+
+    model = build_model(kind, "weighted sum", seed=rng)
+    dense, features = draw_model_inputs(rng, model, 3)
+    spec = DLRMSpec.of(model)
+    logits, cache = dlrm_forward(model.params, dense, model_bags(model, features), spec)
+    ours, model_cache = model.forward(dense, features)
+    np.testing.assert_allclose(ours, logits, rtol=1e-13)
+    upstream = rng.standard_normal(logits.shape)
+    d_dense, d_weights, d_params = dlrm_backward(model.params, upstream, cache, spec)
+    model_dense, model_weights, model_params = model.backward(upstream, model_cache)
+    np.testing.assert_allclose(model_dense, d_dense, rtol=1e-12)
+    names = model.sparse_arch.embedding_bag_collection.feature_names
+    by_feature = np.concatenate([model_weights[features.feature_slice(f)] for f in names])
+    np.testing.assert_allclose(by_feature, np.concatenate(d_weights), rtol=1e-12)
+    for key, value in d_params.items():
+        if isinstance(value, RowSparse):
+            np.testing.assert_array_equal(model_params[key].indices, value.indices)
+            value, theirs = value.values, model_params[key].values
+        else:
+            theirs = model_params[key]
+        np.testing.assert_allclose(theirs, value, rtol=1e-11, atol=1e-15, err_msg=key)

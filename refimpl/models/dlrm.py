@@ -29,12 +29,42 @@ from typing import NamedTuple
 import numpy as np
 
 from refimpl.layers.base import Layer, as_rng, check_array, check_positive_int
-from refimpl.layers.crossnet import LowRankCrossNet
+from refimpl.layers.crossnet import (
+    LowRankCrossNet,
+    low_rank_crossnet_backward,
+    low_rank_crossnet_forward,
+)
 from refimpl.layers.dcn import InteractionDCNArch
-from refimpl.layers.dot import InteractionArch
-from refimpl.layers.embedding import EmbeddingBagCollection, KeyedJaggedArray, SparseArch
-from refimpl.layers.mlp import DenseArch, OverArch, check_layer_sizes, prefixed
-from refimpl.layers.projection import InteractionProjectionArch
+from refimpl.layers.dot import (
+    InteractionArch,
+    dot_interaction,
+    dot_interaction_backward,
+    pair_indices,
+)
+from refimpl.layers.embedding import (
+    EmbeddingBagCollection,
+    KeyedJaggedArray,
+    SparseArch,
+    embedding_bag_backward,
+    embedding_bag_forward,
+)
+from refimpl.layers.mlp import (
+    DenseArch,
+    OverArch,
+    check_layer_sizes,
+    linear_backward,
+    linear_forward,
+    mlp_backward,
+    mlp_forward,
+    prefixed,
+    sub_params,
+)
+from refimpl.layers.projection import (
+    InteractionProjectionArch,
+    projection_backward,
+    projection_forward,
+)
+from refimpl.layers.rowsparse import RowSparse
 
 CHILDREN = ("sparse_arch", "dense_arch", "inter_arch", "over_arch")  # TorchRec's order
 
@@ -423,3 +453,134 @@ class DLRM_Projection(DLRM):
             f"{super()._config()}, interaction_branch1_layer_sizes={list(sizes1)}, "
             f"interaction_branch2_layer_sizes={list(sizes2)}"
         )
+
+
+# ------------------------------------------------------------------ textbook forms (exact too)
+
+
+class DLRMSpec(NamedTuple):
+    """What the textbook functions need besides ``params``: the model's shape.
+
+    ``features`` lists, in output order, each feature's ``(table key, pooling,
+    num_embeddings)``; ``kind`` is ``"DLRM"``, ``"DLRM_DCN"`` or ``"DLRM_Projection"``.
+    """
+
+    kind: str
+    features: tuple
+    weighted: bool
+
+    @classmethod
+    def of(cls, model: DLRM) -> DLRMSpec:
+        ebc = model.sparse_arch.embedding_bag_collection
+        prefix = "sparse_arch.embedding_bag_collection.embedding_bags"
+        features = tuple(
+            (f"{prefix}.{table.name}.weight", table.pooling, table.num_embeddings)
+            for table in ebc.tables
+            for _ in table.feature_names
+        )
+        return cls(type(model).__name__, features, ebc.is_weighted)
+
+
+def model_bags(model: DLRM, sparse_features: KeyedJaggedArray) -> tuple:
+    """``(ids, lengths, weights or None)`` per output feature: the textbook's sparse input."""
+    ebc = model.sparse_arch.embedding_bag_collection
+    bags = []
+    for name in ebc.feature_names:
+        ids, lengths, weights = sparse_features.feature(name)
+        bags.append((ids, lengths, weights if ebc.is_weighted else None))
+    return tuple(bags)
+
+
+def dlrm_forward(params, dense_features, bags, spec: DLRMSpec):
+    """The whole model's textbook forward, composed of each layer's textbook form.
+
+    Runs on float and exact object arrays alike (the symbolic witness runs it on SymPy
+    expressions). ``bags`` as :func:`model_bags`. Returns ``(logits (B, 1), cache)``.
+    """
+    embedded_dense, dense_cache = mlp_forward(
+        sub_params(params, "dense_arch.model."), dense_features
+    )
+    pooled, bag_caches = [], []
+    for (key, pooling, _), (ids, lengths, weights) in zip(spec.features, bags, strict=True):
+        bag, bag_cache = embedding_bag_forward(params[key], ids, lengths, weights, pooling)
+        pooled.append(bag)  # (B, D)
+        bag_caches.append(bag_cache)
+    sparse = np.stack(pooled, axis=1)  # (B, F, D)
+    inter_params = sub_params(params, "inter_arch.")
+    if spec.kind == "DLRM_DCN":
+        combined = np.concatenate([embedded_dense[:, None, :], sparse], axis=1)  # (B, F+1, D)
+        crossnet = sub_params(inter_params, "crossnet.")
+        interaction, inter_cache = low_rank_crossnet_forward(
+            crossnet, combined.reshape(len(sparse), -1)
+        )
+    elif spec.kind == "DLRM_Projection":
+        interaction, inter_cache = projection_forward(inter_params, embedded_dense, sparse)
+    else:
+        rows, cols = pair_indices(len(spec.features))
+        interaction, inter_cache = dot_interaction(embedded_dense, sparse, rows, cols)
+    hidden, over_cache = mlp_forward(sub_params(params, "over_arch.model.0."), interaction)
+    logits, logits_cache = linear_forward(sub_params(params, "over_arch.model.1."), hidden)
+    cache = (dense_cache, tuple(bag_caches), inter_cache, over_cache, logits_cache, sparse.shape)
+    return logits, cache
+
+
+def dlrm_backward(params, d_logits, cache, spec: DLRMSpec):
+    """``(d_dense_features, d_weights per feature or None, d_params)`` of :func:`dlrm_forward`.
+
+    The chain in reverse: the logits Linear, the OverArch's MLP, the interaction, then the
+    dense arch for the dense half and, for the sparse half, each feature's bag; a table that
+    serves several features sums their row-sparse gradients.
+    """
+    dense_cache, bag_caches, inter_cache, over_cache, logits_cache, (batch, features, dim) = cache
+    d_hidden, d_logits_linear = linear_backward(
+        sub_params(params, "over_arch.model.1."), d_logits, logits_cache
+    )
+    d_interaction, d_over = mlp_backward(
+        sub_params(params, "over_arch.model.0."), d_hidden, over_cache
+    )
+    inter_params = sub_params(params, "inter_arch.")
+    d_inter = {}
+    if spec.kind == "DLRM_DCN":
+        crossnet = sub_params(inter_params, "crossnet.")
+        d_flat, d_crossnet = low_rank_crossnet_backward(crossnet, d_interaction, inter_cache)
+        d_combined = d_flat.reshape(batch, features + 1, dim)  # (B, F+1, D)
+        d_embedded_dense, d_sparse = d_combined[:, 0], d_combined[:, 1:]
+        d_inter = prefixed("crossnet", d_crossnet)
+    elif spec.kind == "DLRM_Projection":
+        d_embedded_dense, d_sparse, d_inter = projection_backward(
+            inter_params, d_interaction, inter_cache
+        )
+    else:
+        rows, cols = pair_indices(features)
+        d_embedded_dense, d_sparse = dot_interaction_backward(
+            d_interaction, inter_cache, rows, cols
+        )
+    d_dense_features, d_dense = mlp_backward(
+        sub_params(params, "dense_arch.model."), d_embedded_dense, dense_cache
+    )
+    d_tables, d_weights = {}, []
+    for f, ((key, _, num_rows), bag_cache) in enumerate(
+        zip(spec.features, bag_caches, strict=True)
+    ):
+        d_table, d_bag_weights = embedding_bag_backward(d_sparse[:, f], bag_cache, num_rows)
+        d_weights.append(d_bag_weights)
+        if key in d_tables:  # a table serving several features: their gradients add
+            both = d_tables[key]
+            d_table = RowSparse.from_rows(
+                np.concatenate([both.indices, d_table.indices]),
+                np.concatenate([both.values, d_table.values]),
+                num_rows,
+            )
+        d_tables[key] = d_table
+    grads = {
+        **d_tables,
+        **prefixed("dense_arch.model", d_dense),
+        **prefixed("inter_arch", d_inter),
+        **prefixed("over_arch.model.0", d_over),
+        **prefixed("over_arch.model.1", d_logits_linear),
+    }
+    return (
+        d_dense_features,
+        tuple(d_weights) if spec.weighted else None,
+        {k: grads[k] for k in params},
+    )
