@@ -26,11 +26,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import NamedTuple
 
 import numpy as np
 
 from refimpl.fast.embedding import bag_sums, table_gradient
+from refimpl.layers.activations import is_exact
 from refimpl.layers.base import Layer, as_rng, check_array, check_positive_int
 from refimpl.layers.rowsparse import RowSparse
 
@@ -237,6 +239,20 @@ def segment_sum(rows: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     return sums
 
 
+def bag_sizes(lengths: np.ndarray, like: np.ndarray) -> np.ndarray:
+    """The mean's divisors: each bag's length n_b as a (B, 1) column, 1 for an empty bag (whose
+    sum is zero anyway). Exact fractions when ``like`` is an exact array, so that an empty bag's
+    ``0 / 1`` stays an exact 0 rather than the float Python's ``/`` makes of two ints.
+
+    >>> bag_sizes(np.array([3, 0]), np.zeros(2)).ravel()
+    array([3, 1])
+    """
+    sizes = np.maximum(lengths, 1)[:, None]  # (B, 1)
+    if is_exact(like):
+        return np.vectorize(Fraction, otypes=[object])(sizes)
+    return sizes
+
+
 def embedding_bag_forward(weight, ids, lengths, per_id_weights=None, pooling="sum"):
     """Pool each bag's rows of ``weight``: ``pooled[b] = Σ_{i in bag b} w_i E[ids_i]`` (÷ n_b).
 
@@ -274,7 +290,7 @@ def embedding_bag_forward(weight, ids, lengths, per_id_weights=None, pooling="su
     scaled = rows if per_id_weights is None else rows * per_id_weights[:, None]  # (M, D)
     pooled = segment_sum(scaled, lengths)  # (B, D)
     if pooling == "mean":
-        pooled = pooled / np.maximum(lengths, 1)[:, None]  # (B, D); n_b = 0 rows stay zero
+        pooled = pooled / bag_sizes(lengths, pooled)  # (B, D); n_b = 0 rows stay zero
     kept_rows = None if per_id_weights is None else rows
     return pooled, BagCache(ids, lengths, per_id_weights, kept_rows, pooling)
 
@@ -305,7 +321,7 @@ def embedding_bag_backward(d_pooled, cache: BagCache, num_embeddings: int):
     """
     ids, lengths, per_id_weights, rows, pooling = cache
     bag = np.repeat(np.arange(len(lengths)), lengths)  # the bag of each id, (M,)
-    d_bag = d_pooled if pooling == "sum" else d_pooled / np.maximum(lengths, 1)[:, None]
+    d_bag = d_pooled if pooling == "sum" else d_pooled / bag_sizes(lengths, d_pooled)
     d_looked_up = d_bag[bag]  # the gradient reaching each lookup, (M, D)
     if per_id_weights is None:
         return RowSparse.from_rows(ids, d_looked_up, num_embeddings), None
@@ -709,6 +725,7 @@ class SparseArch(Layer):
             "d_out", d_out, "B F D", {"B": cache.batch, "F": self.F, "D": self.D}, self.dtype
         )
         d_weights, d_ebc = self.embedding_bag_collection.backward(
-            d_out.reshape(cache.batch, self.F * self.D), cache  # (B, F·D)
+            d_out.reshape(cache.batch, self.F * self.D),
+            cache,  # (B, F·D)
         )
         return d_weights, {f"embedding_bag_collection.{k}": v for k, v in d_ebc.items()}
