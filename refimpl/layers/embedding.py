@@ -557,7 +557,8 @@ class EmbeddingBagCollection(Layer):
             )
         if self.is_weighted and features.weights.dtype != self.dtype:
             raise TypeError(
-                f"features: weights are {features.weights.dtype}, the tables {self.dtype}"
+                f"features: expected {self.dtype} weights, the tables' dtype, got "
+                f"{features.weights.dtype}"
             )
         lookups = []
         for t, name in self._outputs:
@@ -622,42 +623,31 @@ class EmbeddingBagCollection(Layer):
         lookups, batch, num_ids, looked_up = cache
         check_array("d_out", d_out, "B E", {"B": batch, "E": sum(self.output_dims)}, self.dtype)
         starts = np.concatenate([[0], np.cumsum(self.output_dims)])
-        per_table = {t: ([], [], []) for t in range(len(self.tables))}
+        # Per table, every feature it serves: ids, bag gradients, the bag of each id, weights.
+        per_table = {t: ([], [], [], []) for t in range(len(self.tables))}
         d_weights = np.zeros(num_ids, self.dtype) if self.is_weighted else None
         for k, (t, ids, lengths, weights, where) in enumerate(lookups):
             d_bags = d_out[:, starts[k] : starts[k + 1]]  # (B, D_f)
             if self.tables[t].pooling == "mean":
                 d_bags = d_bags / mean_divisor(lengths, self.dtype)  # (B, D_f)
-            bag = np.repeat(np.arange(batch), lengths)  # (M_f,)
+            bag = np.repeat(np.arange(batch), lengths)  # the bag of each id, (M_f,)
             if weights is not None:
                 # dw_i = d_bags[bag(i)] · E[id_i], one dot product per id
                 d_weights[where] += np.einsum("md,md->m", d_bags[bag], looked_up[k])
-            ids_list, sources, index = per_table[t]
-            index.append(bag + batch * len(sources))  # row of the stacked d_bags, (M_f,)
-            ids_list.append(ids)
+            table_ids, sources, source_index, scales = per_table[t]
+            source_index.append(bag + batch * len(sources))  # row of the stacked d_bags
+            table_ids.append(ids)
             sources.append(d_bags)
+            scales.append(weights)
         d_params = {}
-        for t, (ids_list, sources, index) in per_table.items():
-            table = self.tables[t]
-            key = f"embedding_bags.{table.name}.weight"
-            scale = None
-            if self.is_weighted:
-                scale = np.concatenate(
-                    [lk[3] for lk in lookups if lk[0] == t] or [np.zeros(0, self.dtype)]
-                )
-            if not ids_list:  # a table no feature reads
-                d_params[key] = RowSparse(
-                    np.zeros(0, np.int64),
-                    np.zeros((0, table.embedding_dim), self.dtype),
-                    table.num_embeddings,
-                )
-                continue
-            d_params[key] = table_gradient(
-                np.concatenate(ids_list),
-                np.concatenate(sources) if len(sources) > 1 else sources[0],
-                np.concatenate(index),
+        for t, (table_ids, sources, source_index, scales) in per_table.items():
+            table = self.tables[t]  # every table serves at least one feature
+            d_params[f"embedding_bags.{table.name}.weight"] = table_gradient(
+                np.concatenate(table_ids),
+                np.concatenate(sources) if len(sources) > 1 else sources[0],  # (S·B, D)
+                np.concatenate(source_index),
                 table.num_embeddings,
-                scale,
+                np.concatenate(scales) if self.is_weighted else None,
             )
         return d_weights, d_params
 
