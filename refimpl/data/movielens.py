@@ -402,16 +402,21 @@ def _last_year(title: str) -> int:
 
 
 def _canonical(t: MovieLensTables) -> MovieLensTables:
-    """Ratings by (user, time, movie), users and movies by id; text columns as ``str``."""
+    """Ratings by (user, time, movie), users and movies by id."""
     by_rating = np.lexsort((t.movie, t.timestamp, t.user))
     by_user = np.argsort(t.user_ids, kind="stable")
     by_movie = np.argsort(t.movie_ids, kind="stable")
     return MovieLensTables(
         t.user[by_rating], t.movie[by_rating], t.rating[by_rating], t.timestamp[by_rating],
-        t.user_ids[by_user], t.age[by_user], t.gender[by_user].astype(str),
-        t.occupation[by_user].astype(str), t.zip_code[by_user].astype(str),
+        t.user_ids[by_user], t.age[by_user], _narrow(t.gender[by_user]),
+        _narrow(t.occupation[by_user]), _narrow(t.zip_code[by_user]),
         t.movie_ids[by_movie], t.year[by_movie], t.genres[by_movie],
     )  # fmt: skip
+
+
+def _narrow(text: np.ndarray) -> np.ndarray:
+    """Text as the narrowest ``str`` array, so equal columns are equal arrays, dtype included."""
+    return np.array(text.tolist(), dtype=str)
 
 
 class MovieLens100k:
