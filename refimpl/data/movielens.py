@@ -242,9 +242,7 @@ def fetch(data_dir: str | os.PathLike | None = None, mirrors=MIRRORS) -> Fetched
                 path = pip_download(
                     mirror.requirement, mirror.filename, root, mirror.sha256, mirror.pip_options
                 )
-        except ChecksumError:
-            raise
-        except FetchError as error:
+        except FetchError as error:  # unreachable: try the next (a ChecksumError propagates)
             notes.append(f"{mirror.name}: {error}")
             continue
         return Fetched(path, mirror, downloaded=True, notes=tuple(notes))
@@ -442,11 +440,8 @@ class MovieLens100k:
     dense_mean, dense_std : ndarray, shape (I,)
         The training statistics the raw dense features are standardized with.
 
-    Examples
-    --------
-    >>> from refimpl.data.movielens import MovieLens100k
-    >>> data = MovieLens100k.load()  # doctest: +SKIP
-    >>> batch = next(data.batches("train", batch_size=256, shuffle_seed=0))  # doctest: +SKIP
+    Typical use: ``data = MovieLens100k.load()`` after ``python -m refimpl data
+    movielens-100k``, then ``for batch in data.batches("train", 256, shuffle_seed=epoch)``.
     """
 
     splits = SPLITS
