@@ -310,6 +310,14 @@ def test_malformed_files_name_the_line(archives, layout, member, edit, message):
         read_archive(path, layout)
 
 
+def test_a_file_in_the_archive_is_checked_too(archives):
+    member = "ml-100k/u.user"
+    good = hashlib.sha256(zipfile.ZipFile(archives[0]).read(member)).hexdigest()
+    assert read_archive(archives[0], "grouplens", ((member, good),)).user_ids.size == 4
+    with pytest.raises(ChecksumError, match=rf"ml-100k.zip:{member} has sha256 {good}"):
+        read_archive(archives[0], "grouplens", ((member, "0" * 64),))
+
+
 def test_wrong_archive_and_references(archives):
     with pytest.raises(ValueError, match="not a recbole-layout ml-100k archive"):
         read_archive(archives[0], "recbole")
@@ -347,8 +355,16 @@ def test_real_movielens_100k(tmp_path, capsys):
         fetched = fetch(tmp_path)
     except FetchError as error:
         pytest.skip(f"neither GroupLens nor the package index is reachable: {error}")
-    t = read_archive(fetched.path, fetched.mirror.layout)
+    t = read_archive(fetched.path, fetched.mirror.layout, fetched.mirror.member_sha256)
     assert (len(t.user_ids), len(t.movie_ids), len(t.user)) == (943, 1682, 100_000)
+    if fetched.mirror.layout == "recbole":  # RecBole's copy is GroupLens' u.data and u.user
+        grouplens = dict(movielens.GROUPLENS.member_sha256)
+        with zipfile.ZipFile(fetched.path) as wheel:
+            inter, user = (wheel.read(m) for m in movielens.MEMBERS["recbole"][:2])
+        body = inter.split(b"\n", 1)[1]
+        assert hashlib.sha256(body).hexdigest() == grouplens["ml-100k/u.data"]
+        as_pipes = user.split(b"\n", 1)[1].replace(b"\t", b"|")
+        assert hashlib.sha256(as_pipes).hexdigest() == grouplens["ml-100k/u.user"]
     assert np.unique(t.user).size == 943 and np.unique(t.movie).size == 1682
     assert (t.rating >= 4).sum() == 55_375
     assert t.genres.sum(axis=1).max() == 6 and t.genres.sum(axis=1).min() == 1

