@@ -2,8 +2,8 @@
 
 :class:`refimpl.data.batch.Batch` is what every source yields (synthetic data with a planted
 answer, MovieLens-100k, Criteo-format files) and what the training loop reads; every source
-offers the interface described in :mod:`refimpl.data.source` (``splits``, ``num_embeddings``,
-``dense_in_features``, ``batches(split, batch_size, shuffle_seed)``).
+offers the interface described in :mod:`refimpl.data.source` (``splits``, ``keys``,
+``num_embeddings``, ``dense_in_features``, ``batches(split, batch_size, shuffle_seed)``).
 """
 
 from refimpl.data.batch import Batch

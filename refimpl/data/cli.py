@@ -52,7 +52,7 @@ def main(argv: list[str]) -> int:
     tables = movielens.read_archive(fetched.path, mirror.layout, mirror.member_sha256)
     data = movielens.MovieLens100k(tables)
     print(data)
-    rows = ", ".join(f"{key} {n:,}" for key, n in data.num_embeddings.items())
+    rows = ", ".join(f"{k} {n:,}" for k, n in zip(data.keys, data.num_embeddings, strict=True))
     print(f"embedding rows: {rows}; dense features: {', '.join(movielens.DENSE_FEATURES)}")
     print(f"done in {time.perf_counter() - start:.1f} s")
     return 0

@@ -157,10 +157,11 @@ class CriteoTSV:
     Examples
     --------
     >>> data = CriteoTSV({"train": "day_0.gz", "test": "day_23.gz"}, num_embeddings=100_000)
-    >>> data.splits, data.dense_in_features, data.num_embeddings["cat_0"]
-    (('train', 'test'), 13, 100000)
+    >>> data.splits, data.keys[:2], data.num_embeddings[:2], data.dense_in_features
+    (('train', 'test'), ('cat_0', 'cat_1'), (100000, 100000), 13)
     """
 
+    keys = KEYS
     dense_in_features = INT_FEATURES
 
     def __init__(
@@ -188,7 +189,7 @@ class CriteoTSV:
         if (rows < 1).any():
             raise ValueError(f"num_embeddings must be positive, got {rows.tolist()}")
         self._rows = rows.astype(np.int64)
-        self.num_embeddings = dict(zip(KEYS, self._rows.tolist(), strict=True))
+        self.num_embeddings = tuple(self._rows.tolist())
         if chunk_rows < 1:
             raise ValueError(f"chunk_rows must be at least 1, got {chunk_rows}")
         self.chunk_rows = chunk_rows

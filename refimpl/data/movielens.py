@@ -6,7 +6,7 @@ Each rating becomes one sample:
 
 - **label** 1 when the rating is 4 or 5, else 0 (55 % of ratings are 4 or 5);
 - **categorical features** (F = 8 keys, in this order), each id running from 0 to
-  ``num_embeddings[key] − 1``:
+  its number of rows − 1 (``num_embeddings``, in key order):
 
   ============  ======  =================================================================
   key           rows    id
@@ -468,8 +468,10 @@ class MovieLens100k:
     ----------
     splits : tuple of str
         ``("train", "validation", "test")``.
-    num_embeddings : dict of str to int
-        Rows per key, in key order (``KEYS``).
+    keys : tuple of str
+        The F = 8 categorical features (``KEYS``).
+    num_embeddings : tuple of int
+        Rows per key, in key order.
     dense_in_features : int
         I = 3 (``DENSE_FEATURES``).
     dense_mean, dense_std : ndarray, shape (I,)
@@ -480,6 +482,7 @@ class MovieLens100k:
     """
 
     splits = SPLITS
+    keys = KEYS
     dense_in_features = len(DENSE_FEATURES)
 
     def __init__(self, tables: MovieLensTables, *, dtype=np.float64):
@@ -512,13 +515,9 @@ class MovieLens100k:
         self._movie = m  # (N,) for the genre bags
         self._genres = t.genres  # (M, 19)
         self._labels = (t.rating >= 4).astype(np.float64)  # (N,)
-        self.num_embeddings = dict(
-            zip(
-                KEYS,
-                (len(t.user_ids), len(t.movie_ids), 2, len(AGE_EDGES) + 1, len(occupations),
-                 ZIP_OTHER + 1, len(years) + 1, len(GENRES)),
-                strict=True,
-            )
+        self.num_embeddings = (
+            len(t.user_ids), len(t.movie_ids), 2, len(AGE_EDGES) + 1, len(occupations),
+            ZIP_OTHER + 1, len(years) + 1, len(GENRES),
         )  # fmt: skip
 
         self._rows = dict(zip(SPLITS, _split_by_user_time(t.user), strict=True))

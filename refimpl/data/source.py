@@ -3,16 +3,17 @@
 A source (synthetic data, MovieLens-100k, Criteo-format files) is an object with
 
 - ``splits``: the names it can serve, e.g. ``("train", "validation", "test")``;
-- ``num_embeddings``: for each of its F categorical features, in order, the number of rows its
-  embedding table needs (ids run from 0 to that number − 1); the feature names are the keys of
-  every :class:`~refimpl.data.batch.Batch` it yields, in this order;
+- ``keys``: the names of its F categorical features, the keys of every
+  :class:`~refimpl.data.batch.Batch` it yields, in this order;
+- ``num_embeddings``: for each key, in the same order, the number of rows its embedding table
+  needs (ids run from 0 to that number − 1);
 - ``dense_in_features``: I, the width of ``Batch.dense`` (DLRM's ``dense_in_features``);
 - ``batches(split, batch_size, shuffle_seed=None)``: the split's samples as ``Batch``es of
   ``batch_size`` samples (the last one may be smaller), in a fixed order when ``shuffle_seed``
   is None and in an order drawn from ``numpy.random.default_rng(shuffle_seed)`` otherwise.
 
-So a model is sized from the source alone: one embedding table per feature with
-``num_embeddings[name]`` rows, and a DenseArch with ``dense_in_features`` inputs.
+So a model is sized from the source alone: one embedding table per key, ``zip(keys,
+num_embeddings)``, and a DenseArch with ``dense_in_features`` inputs.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ class DataSource(Protocol):
     """The interface of every data source (see the module docstring)."""
 
     splits: tuple[str, ...]
-    num_embeddings: dict[str, int]
+    keys: tuple[str, ...]
+    num_embeddings: tuple[int, ...]
     dense_in_features: int
 
     def batches(
