@@ -486,7 +486,7 @@ class MovieLens100k:
     dense_in_features = len(DENSE_FEATURES)
 
     def __init__(self, tables: MovieLensTables, *, dtype=np.float64):
-        t = tables
+        t = _canonical(tables)  # the split reads ratings grouped by user, in time order
         self.dtype = np.dtype(dtype)
         if not np.issubdtype(self.dtype, np.floating):
             raise TypeError(f"dtype must be a floating dtype, got {self.dtype}")
