@@ -130,7 +130,7 @@ def symbolic_witness(kind: str = "DLRM", seed: int = 0) -> float:
     same rational point; the worst relative error of its logits and gradients against the
     exact values.
 
-    >>> symbolic_witness("DLRM_DCN") < 1e-12
+    >>> symbolic_witness("DLRM") < 1e-12
     True
     """
     values, logits, d_dense, d_params = prove(kind, seed)
