@@ -180,4 +180,3 @@ class BCEWithLogitsLoss(Layer):
             raise ValueError(f"d_loss: expected a real scalar, got {d_loss!r}")
         dtype = cache.logits.dtype
         return bce_with_logits_backward(d_loss.astype(dtype), cache).astype(dtype), None, {}
-
