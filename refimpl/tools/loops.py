@@ -11,6 +11,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from refimpl.layers.activations import get_activation
+
 KINDS = ("CrossNet", "LowRankCrossNet", "VectorCrossNet", "LowRankMixtureCrossNet")
 
 
@@ -64,7 +66,7 @@ def crossnet_loop(
     """
     if kind not in KINDS:
         raise ValueError(f"kind: expected one of {KINDS}, got {kind!r}")
-    g = {"relu": lambda z: max(z, 0.0), "tanh": math.tanh, "identity": lambda z: z}[activation]
+    g = get_activation(activation).scalar
     p = {k: np.asarray(v, dtype=np.float64).tolist() for k, v in params.items()}
     num_layers = sum(k.startswith("bias.") for k in params)
     num_gates = sum(k.startswith("gates.") for k in params)
@@ -110,13 +112,6 @@ def crossnet_loop(
     return np.array(out, dtype=x.dtype)
 
 
-_SCALAR_ACTIVATIONS = {
-    "relu": lambda s: s if s > 0 else 0.0,
-    "tanh": math.tanh,
-    "identity": lambda s: s,
-}
-
-
 def mlp_loop(
     input: np.ndarray,
     layers: Sequence[tuple[np.ndarray, np.ndarray | None]],
@@ -139,7 +134,7 @@ def mlp_loop(
         x = [float(v) for v in input[b]]
         for i, (weight, bias) in enumerate(layers):
             last = i == len(layers) - 1
-            g = _SCALAR_ACTIVATIONS["identity" if last and not activation_on_last else activation]
+            g = get_activation("identity" if last and not activation_on_last else activation).scalar
             y = []
             for o in range(weight.shape[0]):
                 total = 0.0 if bias is None else float(bias[o])
