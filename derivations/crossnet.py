@@ -302,11 +302,19 @@ def _at_point(config: Config) -> bool:
     return config.kind == MIXTURE or config.dcn
 
 
+def _proof(
+    config: Config, mutant_name: str | None = None, seed: int = 0, at_point: bool | None = None
+) -> Proof:
+    """The proof of ``config`` (with a mutant in place, if named), cached: the float witness
+    reuses a proof at a point rather than differentiating again."""
+    at_point = _at_point(config) if at_point is None else at_point
+    return _cached_proof(config, mutant_name, seed, at_point)
+
+
 @lru_cache(maxsize=64)
-def _proof(config: Config, mutant_name: str | None = None, seed: int = 0) -> Proof:
+def _cached_proof(config: Config, mutant_name: str | None, seed: int, at_point: bool) -> Proof:
     forward, backward = textbook(config)
     name = config.label() + (f" with mutant {mutant_name!r}" if mutant_name else "")
-    at_point = _at_point(config)
     if mutant_name is None:
         return Proof(name, forward, backward, leaves(config), at_point=at_point, seed=seed)
     with mutated(*MUTANTS[mutant_name]):
@@ -340,8 +348,7 @@ def witness_errors(kind: str, seed: int = 0, **config) -> dict[str, float]:
     path) in float64 there: ``"output"`` and every input and parameter -> worst relative
     error against SymPy's values."""
     config_ = make_config(kind, **config)
-    forward, backward = textbook(config_)
-    proof = Proof(config_.label(), forward, backward, leaves(config_), at_point=True, seed=seed)
+    proof = _proof(config_, None, int(seed), True)
     proof.statement()
     layer = config_.layer()
     return proof.float_errors(layer, layer.input_names)

@@ -548,6 +548,11 @@ MUTANTS = {
 def _proof(
     self_interaction, pair_order, batch, num_features, dim, *, at_point=False, seed=0
 ) -> Proof:
+    if num_features < 1:
+        raise ValueError(
+            "num_features: expected F >= 1; with F = 0 the layer returns dense itself, as "
+            "TorchRec does, and never calls the textbook functions"
+        )
     fwd = forward(self_interaction, pair_order, batch, num_features, dim)
     dense, sparse, _ = _arrays(fwd)
     rows, cols = pair_indices(num_features, self_interaction, pair_order)

@@ -295,15 +295,21 @@ def point_seed(s: Spec) -> int:
     raise RuntimeError(f"{s.label()}: no seed in 100 mixes the ReLU masks")  # pragma: no cover
 
 
+def _proof(s: Spec, mutant_name: str | None = None, at_point: bool | None = None) -> Proof:
+    """The proof of ``s`` (with a mutant in place, if named), cached: the float witness reuses
+    a proof at a point rather than differentiating again."""
+    return _cached_proof(s, mutant_name, not s.smooth if at_point is None else at_point)
+
+
 @lru_cache(maxsize=64)
-def _proof(s: Spec, mutant_name: str | None = None) -> Proof:
-    seed = 0 if s.smooth else point_seed(s)
+def _cached_proof(s: Spec, mutant_name: str | None, at_point: bool) -> Proof:
+    seed = point_seed(s) if at_point else 0
     forward, backward = textbook(s)
     name = s.label() + (f" with mutant {mutant_name!r}" if mutant_name else "")
     if mutant_name is None:
-        return Proof(name, forward, backward, leaves(s), at_point=not s.smooth, seed=seed)
+        return Proof(name, forward, backward, leaves(s), at_point=at_point, seed=seed)
     with mutated(*MUTANTS[mutant_name]):
-        proof = Proof(name, forward, backward, leaves(s), at_point=not s.smooth, seed=seed)
+        proof = Proof(name, forward, backward, leaves(s), at_point=at_point, seed=seed)
         proof.gap  # noqa: B018 - decided while the mutant is in place
     return proof
 
@@ -337,21 +343,20 @@ def relu_pattern(kind: str, **config) -> list[np.ndarray]:
     return relu_patterns(s, _proof(s).values)
 
 
-def witness_errors(kind: str, seed: int = 0, **config) -> dict[str, float]:
-    """Prove ``kind`` at ``config`` at a rational point, then run the refimpl layer in float64
-    there: ``"output"`` and every input and parameter -> worst relative error."""
+def witness_errors(kind: str, **config) -> dict[str, float]:
+    """Prove ``kind`` at ``config`` at a rational point, then run the refimpl layer (its fast
+    path) in float64 there: ``"output"`` and every input and parameter -> worst relative
+    error against SymPy's values."""
     s = spec(kind, **config)
-    forward, backward = textbook(s)
-    seed = seed if s.smooth else point_seed(s) + seed
-    proof = Proof(s.label(), forward, backward, leaves(s), at_point=True, seed=seed)
+    proof = _proof(s, None, True)
     proof.statement()
     layer = s.layer()
     return proof.float_errors(layer, layer.input_names)
 
 
 @lru_cache(maxsize=64)
-def _witness(s: Spec, seed: int) -> float:
-    return max(witness_errors(s.kind, seed, **_config(s)).values())
+def _witness(s: Spec) -> float:
+    return max(witness_errors(s.kind, **_config(s)).values())
 
 
 def _config(s: Spec) -> dict:
@@ -377,13 +382,13 @@ def _config(s: Spec) -> dict:
     return config
 
 
-def symbolic_witness(kind: str, seed: int = 0, **config) -> float:
+def symbolic_witness(kind: str, **config) -> float:
     """What ``python -m refimpl check`` runs: :func:`witness_errors`' worst error (cached).
 
     >>> symbolic_witness("Linear", bias=False) < 1e-12
     True
     """
-    return _witness(spec(kind, **config), int(seed))
+    return _witness(spec(kind, **config))
 
 
 # --------------------------------------------------------------------------------------------

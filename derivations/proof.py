@@ -350,14 +350,20 @@ def mutant(function: Callable, old: str, new: str) -> Callable:
 
 @contextlib.contextmanager
 def mutated(function: Callable, old: str, new: str):
-    """For the ``with`` block, :func:`mutant` stands in ``function``'s module where
-    ``function`` stood: every caller that looks it up there (the layer classes, the other
-    textbook functions, the derivations) runs the broken copy. Restored afterwards.
+    """For the ``with`` block, :func:`mutant` stands wherever ``function`` stood: in its module
+    and in every module that imported it by name. Every caller that looks it up there (a layer
+    class, another textbook function, a derivation) runs the broken copy. Restored afterwards.
     """
-    module = sys.modules[function.__module__]
-    original = getattr(module, function.__name__)
-    setattr(module, function.__name__, mutant(function, old, new))
+    broken = mutant(function, old, new)
+    homes = [
+        module
+        for module in list(sys.modules.values())
+        if getattr(module, function.__name__, None) is function
+    ]
+    for module in homes:
+        setattr(module, function.__name__, broken)
     try:
-        yield
+        yield broken
     finally:
-        setattr(module, function.__name__, original)
+        for module in homes:
+            setattr(module, function.__name__, function)

@@ -48,7 +48,10 @@ def _gates(params, num_experts: int) -> np.ndarray | None:
 
 
 def mixture_forward_fast(params, x_hat: np.ndarray, activation: Activation):
-    """``(x_L, FastMixtureCache)``: the numbers of the textbook ``mixture_forward``."""
+    """:func:`refimpl.layers.crossnet.mixture_forward`'s ``x_L``, without the K crosses.
+
+    Returns ``(x_L, FastMixtureCache)``.
+    """
     g = activation.forward
     num_layers = sum(key.startswith("bias.") for key in params)
     k, r, n = params["V_kernels.0"].shape
@@ -77,7 +80,8 @@ def mixture_forward_fast(params, x_hat: np.ndarray, activation: Activation):
 
 
 def mixture_backward_fast(params, d_out: np.ndarray, cache: FastMixtureCache, activation):
-    """``(d_input, d_params)``: the numbers of the textbook ``mixture_backward``."""
+    """:func:`refimpl.layers.crossnet.mixture_backward`'s ``(d_input, d_params)``, without
+    the K crosses' gradients."""
     derivative = activation.derivative
     xs, h_all, h_tilde_all, mixes, probs = cache
     x_hat = xs[0]

@@ -48,7 +48,9 @@ def dot_indices(num_sparse_features: int, rows: np.ndarray, cols: np.ndarray) ->
 def dot_forward(
     dense: np.ndarray, sparse: np.ndarray, combined: np.ndarray, indices: DotIndices
 ) -> np.ndarray:
-    """``concat(dense, (C Cᵀ)[:, rows, cols])`` for F >= 1, (B, D + P), read from ``C Sᵀ``.
+    """The output of :func:`refimpl.layers.dot.dot_interaction` for F >= 1, read from ``C Sᵀ``.
+
+    ``concat(dense, (C Cᵀ)[:, rows, cols])``, (B, D + P).
 
     ``combined`` is ``C = [dense; sparse]`` (B, F+1, D), already stacked by the caller.
     """
@@ -65,7 +67,10 @@ def dot_forward(
 def dot_backward(
     d_out: np.ndarray, combined: np.ndarray, indices: DotIndices
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``dC = (G + Gᵀ) C`` split into ``(d_dense, d_sparse)``, with ``G + Gᵀ`` gathered."""
+    """:func:`refimpl.layers.dot.dot_interaction_backward`, with ``G + Gᵀ`` gathered.
+
+    ``dC = (G + Gᵀ) C`` split into ``(d_dense, d_sparse)``.
+    """
     batch, n, dim = combined.shape
     d_pairs = d_out[:, dim:]  # (B, P)
     # Entry (i, j) of G + Gᵀ is the gradient of the kept pair {i, j}, 0 if no pair {i, j} is

@@ -697,6 +697,8 @@ class LowRankMixtureCrossNet(_CrossNetBase):
         if not self._activation.kinked:
             return float("inf")
         pre1, pre2 = self.pre_activations(x)  # (L, K, B, r) each
+        if pre1.size == 0:  # an empty batch
+            return float("inf")
         live = np.any(pre1 > 0, axis=-1, keepdims=True)  # g(a) not all zero, (L, K, B, 1)
         distances = [np.abs(pre1).min()]
         if live.any():

@@ -111,16 +111,26 @@ def label(kind: str, options: dict) -> str:
     return " ".join(parts)
 
 
-def build_network(kind: str, in_features: int, num_layers: int, options: dict, rng):
-    """The network at TorchRec's initialisation, plus small random biases (TorchRec's are zero,
-    which would leave where the bias enters the forward untested)."""
+def randomize_biases(layer, rng: np.random.Generator, scale: float = 0.1):
+    """Draw every cross-network bias (``bias.l``, also under ``crossnet.``) from N(0, scale²),
+    in place, and return the layer: TorchRec initialises them to zero, which would leave where
+    a bias enters the forward untested."""
+    for key, value in layer.params.items():
+        if key.split(".")[-2] == "bias":
+            value[...] = scale * rng.standard_normal(value.shape)
+    return layer
+
+
+def build_network(
+    kind: str, in_features: int, num_layers: int, options: dict, rng, dtype=np.float64
+):
+    """The network at TorchRec's initialisation, plus small random biases
+    (:func:`randomize_biases`)."""
     import refimpl
 
-    net = getattr(refimpl, kind)(in_features, num_layers, **options, seed=rng)
-    for key, value in net.params.items():
-        if key.startswith("bias."):
-            value[...] = 0.1 * rng.standard_normal(value.shape)
-    return net
+    rng = np.random.default_rng(rng)
+    net = getattr(refimpl, kind)(in_features, num_layers, **options, seed=rng, dtype=dtype)
+    return randomize_biases(net, rng)
 
 
 def draw_input(rng, shape) -> np.ndarray:
@@ -129,7 +139,10 @@ def draw_input(rng, shape) -> np.ndarray:
     return rng.choice([-1.0, 1.0], size=shape) * rng.uniform(0.5, 1.5, size=shape)
 
 
-def _network_builder(kind, options, batch, n, num_layers):
+def network_builder(kind, options, batch, n, num_layers):
+    """``build(rng) -> (network, (x,))``: :func:`build_network` and an input (B, N) drawn by
+    :func:`draw_input` away from ReLU kinks."""
+
     def build(rng):
         net = build_network(kind, n, num_layers, options, rng)
         inputs = draw_away_from_kinks(net, lambda r: (draw_input(r, (batch, n)),), rng)
@@ -138,7 +151,11 @@ def _network_builder(kind, options, batch, n, num_layers):
     return build
 
 
-def _dcn_builder(kind, options, batch, features, dim, num_layers=2):
+def dcn_builder(kind, options, batch, features, dim, num_layers=2):
+    """``build(rng) -> (arch, (dense, sparse))``: an InteractionDCNArch around
+    :func:`build_network`, N = (F+1)·D, and inputs drawn by :func:`draw_input` away from
+    ReLU kinks."""
+
     def build(rng):
         net = build_network(kind, (features + 1) * dim, num_layers, options, rng)
         arch = InteractionDCNArch(features, net)
@@ -234,7 +251,7 @@ def checks():
     for kind, options, shapes in FINITE_DIFFERENCE:
         for batch, n, num_layers in shapes:
             config = f"B={batch} N={n} L={num_layers} {label(kind, options)}".strip()
-            build = _network_builder(kind, options, batch, n, num_layers)
+            build = network_builder(kind, options, batch, n, num_layers)
             yield finite_difference_check(kind, config, build)
     for kind, options in VARIANTS:
         options_label = label(kind, options)
@@ -245,12 +262,12 @@ def checks():
             "InteractionDCNArch", f"{dcn_label} B=2 F=2 D=3 linspace", _hand_dcn(kind, options)
         )
         for batch, features, dim in DCN_SHAPES:
-            build = _dcn_builder(kind, options, batch, features, dim)
+            build = dcn_builder(kind, options, batch, features, dim)
             config = f"{dcn_label} B={batch} F={features} D={dim}"
             yield finite_difference_check("InteractionDCNArch", config, build)
-        build = _dcn_builder(kind, options, 4, 26, 8)
+        build = dcn_builder(kind, options, 4, 26, 8)
         yield parity_check("InteractionDCNArch", f"{dcn_label} B=4 F=26 D=8", build, torch_dcn)
     for kind, options, batch, n, num_layers in PARITY:
         config = f"B={batch} N={n} L={num_layers} {label(kind, options)}".strip()
-        build = _network_builder(kind, options, batch, n, num_layers)
+        build = network_builder(kind, options, batch, n, num_layers)
         yield parity_check(kind, config, build, torch_crossnet)
