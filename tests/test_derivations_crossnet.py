@@ -25,7 +25,7 @@ PROOFS = [
         "point",
     ),  # the gates shared by two layers, the softmax
     (MIX, {"in_features": 3, "num_layers": 1, "activation": "tanh"}, "point"),
-    (MIX, {"in_features": 3, "num_layers": 1, "activation": "relu"}, "point"),
+    (MIX, {"in_features": 3, "num_layers": 1, "activation": "relu", "low_rank": 1}, "point"),
     (MIX, {"in_features": 2, "low_rank": 1, "num_experts": 1, "activation": "tanh"}, "point"),
     (MIX, {"in_features": 2, "low_rank": 1, "num_experts": 1, "activation": "sigmoid"}, "point"),
     (DCN, {"crossnet_kind": "CrossNet"}, "point"),
@@ -35,7 +35,7 @@ PROOFS = [
         {"crossnet_kind": "VectorCrossNet", "num_sparse_features": 2, "embedding_dim": 1},
         "point",
     ),
-    (DCN, {"crossnet_kind": MIX, "num_layers": 1, "activation": "tanh"}, "point"),
+    (DCN, {"crossnet_kind": MIX, "num_layers": 1, "activation": "tanh", "low_rank": 1}, "point"),
 ]
 IDS = [cx.make_config(kind, **config).label() for kind, config, _ in PROOFS]
 
@@ -90,8 +90,8 @@ def test_the_gate_mutants_are_no_mistakes_without_gates():
     ("kind", "config"),
     [
         ("LowRankCrossNet", {"low_rank": 2}),
-        (MIX, {"in_features": 3, "num_layers": 1, "activation": "relu"}),
-        (DCN, {"crossnet_kind": MIX, "num_layers": 1, "activation": "tanh"}),
+        (MIX, {"in_features": 3, "num_layers": 1, "activation": "relu", "low_rank": 1}),
+        (DCN, {"crossnet_kind": MIX, "num_layers": 1, "activation": "tanh", "low_rank": 1}),
     ],
     ids=["LowRankCrossNet", "mixture relu", "DCN over the mixture"],
 )

@@ -150,3 +150,12 @@ def test_a_broken_backward_fails_parity():
     ):
         errors = compare_with_torch(net, cases.torch_crossnet(net), (x,))
     assert errors["gates.0.weight"] > 1e-3 and errors["x"] < 1e-10
+
+
+def test_torchrecs_dcn_arch_cannot_take_an_empty_batch():
+    # Why refimpl refuses B = 0 here (tests/test_empty_batch.py): TorchRec fails too.
+    from torchrec.models.dlrm import InteractionDCNArch
+
+    arch = InteractionDCNArch(2, crossnet.CrossNet(12, 1))
+    with pytest.raises(RuntimeError, match="reshape"):
+        arch(torch.zeros(0, 4), torch.zeros(0, 2, 4))

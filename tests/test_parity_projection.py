@@ -170,3 +170,10 @@ def test_one_branch_used_twice_matches_torchrec(rng):
     for key, value in branch.named_parameters():
         for prefix in ("interaction_branch1", "interaction_branch2"):
             assert refimpl.rel_error(d_params[f"{prefix}.{key}"], value.grad.numpy()) < 1e-10
+
+
+def test_torchrecs_projection_arch_cannot_take_an_empty_batch():
+    # Why refimpl refuses B = 0 here (tests/test_empty_batch.py): TorchRec fails too.
+    module = dlrm.InteractionProjectionArch(2, dlrm.DenseArch(12, [8]), dlrm.DenseArch(12, [12]))
+    with pytest.raises(RuntimeError, match="reshape"):
+        module(torch.zeros(0, 4), torch.zeros(0, 2, 4))

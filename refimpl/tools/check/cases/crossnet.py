@@ -62,7 +62,10 @@ SYMBOLIC = (
     ("VectorCrossNet", {"in_features": 4, "num_layers": 2}),
     (MIX, {"in_features": 3, "num_layers": 2, "num_experts": 1, "activation": "identity"}),
     (MIX, {"in_features": 3, "num_layers": 1, "num_experts": 2, "activation": "tanh"}),
-    (MIX, {"in_features": 3, "num_layers": 1, "num_experts": 2, "activation": "relu"}),
+    (
+        MIX,
+        {"in_features": 3, "num_layers": 1, "num_experts": 2, "activation": "relu", "low_rank": 1},
+    ),
     (
         MIX,
         {
@@ -81,7 +84,7 @@ DCN_SYMBOLIC = (
     ("CrossNet", {}),
     ("LowRankCrossNet", {"low_rank": 2}),
     ("VectorCrossNet", {}),
-    (MIX, {"num_experts": 2, "low_rank": 2, "activation": "tanh", "num_layers": 1}),
+    (MIX, {"num_experts": 2, "low_rank": 1, "activation": "tanh", "num_layers": 1}),
 )
 
 # (kind, options, B, N, L) for TorchRec parity: tiny, B = 1, L = 3, K = 3, DLRM-sized N.
