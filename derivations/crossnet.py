@@ -383,12 +383,13 @@ def symbolic_witness(kind: str, seed: int = 0, **config) -> float:
 
 
 class Network(NamedTuple):
-    """A network's textbook forward on symbols (``config``, ``leaves``, ``output``, ``cache``)."""
+    """A network's textbook forward on symbols, with a symbolic upstream gradient ``G``."""
 
     config: Config
     leaves: dict
     output: np.ndarray
     cache: tuple
+    upstream: np.ndarray
 
     @property
     def x(self) -> np.ndarray:
@@ -404,20 +405,59 @@ def network(kind: str, **config) -> Network:
     """refimpl's textbook forward of ``kind`` on symbols, for display.
 
     >>> net = network("CrossNet", in_features=2, num_layers=2, batch=1)
-    >>> [degree_in(net.x, x[0, 0]) for x in (*net.cache.xs, net.output)]
+    >>> [degree_in_input(net, x[0, 0]) for x in (*net.cache.xs, net.output)]
     [1, 2, 3]
     """
     config_ = make_config(kind, **config)
     values = leaves(config_)
     output, cache = textbook(config_)[0](values)
-    return Network(config_, values, output, cache)
+    return Network(config_, values, output, cache, symbols("g", output.shape))
 
 
-def degree_in(variables: np.ndarray, expression: sp.Expr) -> int:
-    """The total degree of ``expression`` in ``variables`` (other symbols count 0)."""
-    wanted = set(np.ravel(variables))
-    degree = 0
+def textbook_gradients(net: Network) -> dict[str, np.ndarray]:
+    """What refimpl's textbook backward returns for ``G = net.upstream``, on the symbols."""
+    return textbook(net.config)[1](net.leaves, net.upstream, net.cache)
+
+
+def symbolic_gradient(net: Network) -> dict[str, np.ndarray]:
+    """SymPy's ``∂L/∂s`` of ``L = Σ G ⊙ Y`` for every symbol ``s``, keyed like the leaves."""
+    loss = sp.Add(*(net.upstream * net.output).ravel())
+    return {
+        key: np.vectorize(lambda s: sp.expand(sp.diff(loss, s)), otypes=[object])(value)
+        for key, value in net.leaves.items()
+    }
+
+
+def x_hat_path(net: Network) -> np.ndarray:
+    """What the ``x̂`` path adds to the input's gradient: refimpl's backward, less the same
+    backward with the ``x̂`` path dropped (:data:`MUTANTS`); CrossNet, LowRank, Vector."""
+    mutant = {"CrossNet": "x̂ path dropped", "LowRankCrossNet": "low-rank x̂ path dropped"}
+    name = mutant.get(net.config.kind)
+    if name is None:
+        raise ValueError(f"x_hat_path: for CrossNet and LowRankCrossNet, got {net.config.kind}")
+    full = textbook_gradients(net)["x"]
+    with mutated(*MUTANTS[name]):
+        without = textbook_gradients(net)["x"]
+    return np.vectorize(sp.expand, otypes=[object])(full - without)
+
+
+def as_matrix(array: np.ndarray) -> sp.Matrix:
+    """A 1-D or 2-D object array as a SymPy Matrix (for display; 1-D becomes one row)."""
+    array = np.asarray(array, dtype=object)
+    return sp.Matrix(array.reshape(1, -1) if array.ndim == 1 else array)
+
+
+def monomials_in(variables: np.ndarray, expression: sp.Expr) -> set[tuple[int, ...]]:
+    """The distinct exponent vectors of ``variables`` among the terms of ``expression``
+    expanded (other symbols are coefficients)."""
+    wanted = list(np.ravel(variables))
+    found = set()
     for term in sp.Add.make_args(sp.expand(expression)):
         powers = term.as_powers_dict()
-        degree = max(degree, sum(int(e) for base, e in powers.items() if base in wanted))
-    return degree
+        found.add(tuple(int(powers.get(v, 0)) for v in wanted))
+    return found
+
+
+def degree_in_input(net: Network, expression: sp.Expr) -> int:
+    """The total degree of ``expression`` in the network's input ``x̂``."""
+    return max(sum(m) for m in monomials_in(net.x, expression))

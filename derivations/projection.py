@@ -263,6 +263,20 @@ def textbook(s: Spec):
     return projection_forward, projection_backward
 
 
+def derivative(kind: str, key: str, index: tuple[int, ...], **config) -> sp.Expr:
+    """SymPy's ``∂L/∂s`` of ``L = Σ G ⊙ out`` for one entry ``s = leaves[key][index]``, on
+    symbols (ReLU's slope appears as SymPy's ``Heaviside``): for display.
+
+    >>> derivative("Linear", "bias", (0,), batch=2)
+    g_{0,0} + g_{1,0}
+    """
+    s = spec(kind, **config)
+    values = leaves(s)
+    out, _ = textbook(s)[0](values)
+    loss = sp.Add(*(symbols("g", out.shape) * out).ravel())
+    return sp.diff(loss, values[key][index])
+
+
 def relu_patterns(s: Spec, values: dict) -> list[np.ndarray]:
     """Which ReLU units are on when the forward runs at ``values``: one (B, O) bool array per
     ReLU layer."""

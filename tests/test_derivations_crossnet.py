@@ -136,7 +136,7 @@ def test_degree_in_the_input_grows_by_one_per_layer(kind):
     if kind == MIX:
         config |= {"num_experts": 1, "activation": "identity"}
     net = cx.network(kind, **config)
-    assert [cx.degree_in(net.x, x[0, 0]) for x in (*net.cache.xs, net.output)] == [1, 2, 3, 4]
+    assert [cx.degree_in_input(net, x[0, 0]) for x in (*net.cache.xs, net.output)] == [1, 2, 3, 4]
 
 
 def test_where_the_biases_sit():
