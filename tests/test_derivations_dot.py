@@ -139,7 +139,7 @@ def test_the_diagonal_counted_once_is_rejected():
     # (G + Gᵀ − diag(G)) C: right off the diagonal, half the self terms.
     once = (
         "(d_gram + d_gram.transpose(0, 2, 1)) @ combined",
-        "(d_gram + d_gram.transpose(0, 2, 1) - d_gram * np.eye(n, dtype=int)) @ combined",
+        "(d_gram + d_gram.transpose(0, 2, 1) - d_gram * np.eye(num_vectors, dtype=int)) @ combined",
     )
     with mutated(textbook.dot_interaction_backward, *once):
         assert dot.gap(None, True, "triu") is not None

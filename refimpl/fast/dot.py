@@ -71,13 +71,15 @@ def dot_backward(
 
     ``dC = (G + Gᵀ) C`` split into ``(d_dense, d_sparse)``.
     """
-    batch, n, dim = combined.shape
+    batch, num_vectors, dim = combined.shape  # (B, F+1, D)
     d_pairs = d_out[:, dim:]  # (B, P)
     # Entry (i, j) of G + Gᵀ is the gradient of the kept pair {i, j}, 0 if no pair {i, j} is
     # kept, twice the pair's on the diagonal (d(c·c)/dc = 2c).
     zero = np.zeros((batch, 1), combined.dtype)
     values = np.concatenate([d_pairs, zero, 2 * d_pairs[:, indices.diagonal]], axis=1)
-    d_gram_sym = np.take(values, indices.sym_index, axis=1).reshape(batch, n, n)  # G + Gᵀ
+    d_gram_sym = np.take(values, indices.sym_index, axis=1).reshape(
+        batch, num_vectors, num_vectors
+    )  # G + Gᵀ
     d_combined = stacked_matmul(d_gram_sym, combined)  # (B, F+1, D)
     d_dense = d_out[:, :dim] + d_combined[:, 0]  # (B, D)
     return d_dense, d_combined[:, 1:]  # d_sparse: a view of d_combined, (B, F, D)

@@ -212,5 +212,5 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     array([[1., 0., 0.]])
     """
     shifted = logits if is_exact(logits) else logits - logits.max(axis=-1, keepdims=True)
-    weights = exp(shifted)
-    return weights / weights.sum(axis=-1, keepdims=True)
+    exps = exp(shifted)
+    return exps / exps.sum(axis=-1, keepdims=True)

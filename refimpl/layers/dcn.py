@@ -48,9 +48,9 @@ def dcn_backward(d_out, cache: DCNCache, crossnet):
     reshape and the concatenation only move numbers, so their backward moves the gradient
     back: row 0 of ``d_x.reshape(B, F+1, D)`` to dense, the others to sparse.
     """
-    crossnet_cache, (batch, rows, dim) = cache
+    crossnet_cache, (batch, num_vectors, dim) = cache  # (B, F+1, D)
     d_flat, d_crossnet = crossnet(d_out, crossnet_cache)  # (B, N)
-    d_combined = d_flat.reshape(batch, rows, dim)  # (B, F+1, D)
+    d_combined = d_flat.reshape(batch, num_vectors, dim)  # (B, F+1, D)
     return d_combined[:, 0].copy(), d_combined[:, 1:].copy(), d_crossnet
 
 
@@ -163,8 +163,8 @@ class InteractionDCNArch(Layer):
         d_sparse : ndarray, shape (B, F, D)
         d_params : dict, keyed and shaped like ``params``
         """
-        crossnet_cache, (batch, rows, dim) = cache
-        check_array("d_out", d_out, "B N", {"B": batch, "N": rows * dim}, self.dtype)
+        crossnet_cache, (batch, num_vectors, dim) = cache  # (B, F+1, D)
+        check_array("d_out", d_out, "B N", {"B": batch, "N": num_vectors * dim}, self.dtype)
         if crossnet_cache is None:  # F = 0: the cross network was never applied
             return d_out.copy(), np.zeros((batch, 0, dim), self.dtype), self.zero_param_grads()
         d_dense, d_sparse, d_crossnet = dcn_backward(d_out, cache, self.crossnet.backward)
@@ -175,5 +175,5 @@ class InteractionDCNArch(Layer):
         combined = self._combine(dense, sparse)  # (B, F+1, D)
         if self.num_sparse_features == 0:
             return float("inf")
-        batch, rows, dim = combined.shape
-        return self.crossnet.kink_distance(combined.reshape(batch, rows * dim))
+        batch, num_vectors, dim = combined.shape  # (B, F+1, D)
+        return self.crossnet.kink_distance(combined.reshape(batch, num_vectors * dim))

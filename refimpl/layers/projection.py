@@ -112,7 +112,7 @@ class InteractionProjectionArch(Layer):
 
     def _check_branches(self, branches) -> tuple[int, tuple[int, int]]:
         """D and (F1, F2) from the branches' sizes, or a ValueError naming the branch."""
-        rows = self.num_sparse_features + 1  # F+1
+        num_vectors = self.num_sparse_features + 1  # F+1
         for name, branch in zip(BRANCHES, branches, strict=True):
             for attr in ("in_features", "out_features"):
                 if not isinstance(getattr(branch, attr, None), int):
@@ -123,19 +123,19 @@ class InteractionProjectionArch(Layer):
                 f"interaction_branch2: in_features {branches[1].in_features} differs from "
                 f"interaction_branch1's {n}; both read the same (F+1)·D values"
             )
-        if n % rows:
+        if n % num_vectors:
             raise ValueError(
                 f"interaction_branch1: in_features {n} is not (F+1)·D for any D with "
-                f"F = {self.num_sparse_features}: {n} is not a multiple of F+1 = {rows}"
+                f"F = {self.num_sparse_features}: {n} is not a multiple of F+1 = {num_vectors}"
             )
-        dim = n // rows  # D
+        dim = n // num_vectors  # D
         projected = []
         shapes = ("(B, F1, D)", "(B, D, F2)")
         for name, branch, shape in zip(BRANCHES, branches, shapes, strict=True):
             if branch.out_features % dim:
                 raise ValueError(
                     f"{name}: out_features {branch.out_features} is not a multiple of "
-                    f"D = {dim} (D = in_features / (F+1) = {n} / {rows}), so its output "
+                    f"D = {dim} (D = in_features / (F+1) = {n} / {num_vectors}), so its output "
                     f"cannot be reshaped to {shape}"
                 )
             projected.append(branch.out_features // dim)
@@ -236,8 +236,8 @@ class InteractionProjectionArch(Layer):
         combined = self._combine(dense, sparse)  # (B, F+1, D)
         if not self.num_sparse_features:
             return float("inf")
-        batch, rows, dim = combined.shape
-        flat = combined.reshape(batch, rows * dim)  # (B, N)
+        batch, num_vectors, dim = combined.shape  # (B, F+1, D)
+        flat = combined.reshape(batch, num_vectors * dim)  # (B, N)
         return min(
             self.interaction_branch1.kink_distance(flat),
             self.interaction_branch2.kink_distance(flat),

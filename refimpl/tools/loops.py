@@ -99,14 +99,11 @@ def crossnet_loop(
                 if num_gates:
                     logits = [matvec(p[f"gates.{k}.weight"], xl)[0] for k in range(num_gates)]
                     top = max(logits)
-                    weights = [math.exp(z - top) for z in logits]
-                    total = sum(weights)
-                    weights = [w / total for w in weights]
+                    exps = [math.exp(z - top) for z in logits]
+                    probs = [e / sum(exps) for e in exps]
                 else:
-                    weights = [1.0]
-                mix = [
-                    sum(w * e[i] for w, e in zip(weights, experts, strict=True)) for i in range(n)
-                ]
+                    probs = [1.0]
+                mix = [sum(p * e[i] for p, e in zip(probs, experts, strict=True)) for i in range(n)]
                 xl = [mix[i] + xl[i] for i in range(n)]
         out.append(xl)
     return np.array(out, dtype=x.dtype)
