@@ -36,7 +36,7 @@ import numpy as np
 import sympy as sp
 
 import refimpl
-from derivations.proof import Proof, mutated, symbols
+from derivations.proof import Proof, mutated, prove_with, symbols
 from refimpl.layers import crossnet, dcn
 from refimpl.layers.base import prefixed, sub_params
 
@@ -313,14 +313,11 @@ def _proof(
 
 @lru_cache(maxsize=64)
 def _cached_proof(config: Config, mutant_name: str | None, seed: int, at_point: bool) -> Proof:
-    forward, backward = textbook(config)
     name = config.label() + (f" with mutant {mutant_name!r}" if mutant_name else "")
-    if mutant_name is None:
-        return Proof(name, forward, backward, leaves(config), at_point=at_point, seed=seed)
-    with mutated(*MUTANTS[mutant_name]):
-        proof = Proof(name, forward, backward, leaves(config), at_point=at_point, seed=seed)
-        proof.gap  # noqa: B018 - decided while the mutant is in place
-    return proof
+    mutant = MUTANTS[mutant_name] if mutant_name else None
+    return prove_with(
+        name, *textbook(config), leaves(config), at_point=at_point, seed=seed, mutant=mutant
+    )
 
 
 def prove(kind: str, **config) -> str:

@@ -31,7 +31,7 @@ import numpy as np
 import sympy as sp
 
 import refimpl
-from derivations.proof import Proof, mutated, rational_point, symbols
+from derivations.proof import Proof, prove_with, rational_point, symbols
 from refimpl.layers import mlp, projection
 from refimpl.layers.base import prefixed, sub_params
 
@@ -318,14 +318,9 @@ def _proof(s: Spec, mutant_name: str | None = None, at_point: bool | None = None
 @lru_cache(maxsize=64)
 def _cached_proof(s: Spec, mutant_name: str | None, at_point: bool) -> Proof:
     seed = point_seed(s) if at_point else 0
-    forward, backward = textbook(s)
     name = s.label() + (f" with mutant {mutant_name!r}" if mutant_name else "")
-    if mutant_name is None:
-        return Proof(name, forward, backward, leaves(s), at_point=at_point, seed=seed)
-    with mutated(*MUTANTS[mutant_name]):
-        proof = Proof(name, forward, backward, leaves(s), at_point=at_point, seed=seed)
-        proof.gap  # noqa: B018 - decided while the mutant is in place
-    return proof
+    mutant = MUTANTS[mutant_name] if mutant_name else None
+    return prove_with(name, *textbook(s), leaves(s), at_point=at_point, seed=seed, mutant=mutant)
 
 
 def prove(kind: str, **config) -> str:

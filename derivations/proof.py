@@ -318,6 +318,26 @@ class Proof:
         return errors
 
 
+def prove_with(
+    name: str,
+    forward: Forward,
+    backward: Backward,
+    leaves: Leaves,
+    *,
+    at_point: bool,
+    seed: int = 0,
+    mutant: tuple[Callable, str, str] | None = None,
+) -> Proof:
+    """A :class:`Proof`, run with ``mutant`` — ``(function, old, new)``, see :func:`mutated` —
+    in place when one is given (its gap is decided while the mutant is there)."""
+    if mutant is None:
+        return Proof(name, forward, backward, leaves, at_point=at_point, seed=seed)
+    with mutated(*mutant):
+        proof = Proof(name, forward, backward, leaves, at_point=at_point, seed=seed)
+        proof.gap  # noqa: B018 - decided while the mutant is in place
+    return proof
+
+
 def mutant(function: Callable, old: str, new: str) -> Callable:
     """A copy of ``function`` with its source text ``old`` replaced by ``new``: a deliberately
     broken textbook function, for showing that a witness rejects it.
