@@ -77,6 +77,8 @@ def test_odd_shapes_and_batches_of_changing_size(kind, collection, sizes, dense,
     else:
         model = build_model(kind, collection, seed=rng)
     batches = training_batches(rng, model, 20, sizes)
+    if kind == "DLRM_DCN":  # the other form of a batch: (dense, features, labels), float32 dense
+        batches = [(b.dense.astype(np.float32), b.sparse(), b.labels[:, None]) for b in batches]
     error, where = worst(train_both(model, batches, dense, embedding))
     assert error < TRAINING_TOL, (error, where)
 

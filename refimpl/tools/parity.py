@@ -271,8 +271,9 @@ def compare_training_with_torch(
     Parameters
     ----------
     model : DLRM, DLRM_DCN or DLRM_Projection, float64
-    batches : sequence of Batch
-        One step per batch; their keys must name the model's features.
+    batches : sequence of Batch, or of (dense (B, I), KeyedJaggedArray, labels (B,) or (B, 1))
+        One step per batch; their keys must name the model's features. Dense features, labels
+        and per-id weights are taken in float64.
     dense, dense_lr, embedding, embedding_lr
         As :func:`refimpl.train.loop.build_optimizer`.
 
@@ -297,7 +298,7 @@ def compare_training_with_torch(
     torch_optimizer = torch_optimizer_like(module, dense, dense_lr, embedding, embedding_lr)
     loss_fn = BCEWithLogitsLoss()
     errors = {}
-    for step, batch in enumerate(batches, 1):
+    for step, batch in enumerate(map(_float64_batch, batches), 1):
         torch_optimizer.zero_grad()
         torch_logits = module(torch.from_numpy(batch.dense), torch_keyed_jagged(batch.sparse()))
         labels = torch.from_numpy(batch.labels.astype(np.float64)[:, None])
@@ -309,3 +310,19 @@ def compare_training_with_torch(
     for key, value in ours.params.items():
         errors[key] = rel_error(value, theirs[key].numpy())
     return errors
+
+
+def _float64_batch(batch):
+    """A Batch (or a (dense, features, labels) triple) with float64 dense, labels, weights."""
+    from refimpl.data.batch import Batch
+
+    if not isinstance(batch, Batch):
+        dense, features, labels = batch
+        batch = Batch(dense, features.keys, features.values, features.lengths, features.weights,
+                      np.asarray(labels).reshape(-1))  # fmt: skip
+    weights = None if batch.weights is None else np.asarray(batch.weights, np.float64)
+    return batch._replace(
+        dense=np.asarray(batch.dense, np.float64),
+        labels=np.asarray(batch.labels, np.float64),
+        weights=weights,
+    )
