@@ -48,6 +48,7 @@ def train_both(model, batches, dense, embedding, **lrs):
     )
 
 
+@pytest.mark.slow  # 18 cases of 50 steps, about 8 s
 @pytest.mark.parametrize("kind", MODELS)
 @pytest.mark.parametrize(("dense", "embedding"), PAIRS)
 def test_fifty_steps_equal_torchrec(kind, dense, embedding):

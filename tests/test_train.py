@@ -330,3 +330,16 @@ def test_the_cli_resumes_only_its_own_run(tmp_path, capsys):
     assert main(["--resume", str(tmp_path), "--dtype", "float64"]) == 2
     assert "trained with dtype = 'float32'" in capsys.readouterr().err
     assert (tmp_path / "checkpoint.npz").read_bytes() == before
+
+
+def test_movielens_multi_hot_genres_train_through_the_loop(tmp_path):
+    from test_movielens import write_grouplens  # the tiny ml-100k those tests write
+
+    from refimpl.data.movielens import MovieLens100k, read_archive
+
+    tables = read_archive(write_grouplens(tmp_path / "ml-100k.zip"), "grouplens")
+    data = MovieLens100k(tables)
+    config = tiny_config(data="movielens-100k", batch_size=4, epochs=3, dense_lr=0.01)
+    result = run(tmp_path / "run", config, data)
+    assert result.status == "done" and len(result.history.epochs) == 3
+    assert result.history.test is not None and result.history.bayes_auc is None
