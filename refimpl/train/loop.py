@@ -301,10 +301,11 @@ def _positive(name: str, value, minimum: int = 1) -> int:
     return int(value)
 
 
-# Per data set: what a run takes unless told otherwise. The synthetic defaults are the
+# Per data set: what a run takes unless told otherwise. The synthetic defaults are a
 # configuration that reaches the planted Bayes-optimal AUC within 0.01 in a few minutes on two
-# cores (26 tables of 100 rows: with 1,000 rows a pair's hidden vectors are too weakly
-# aligned with random embeddings at the start for one or two epochs to find them).
+# cores. Its tables have 100 rows: with SyntheticCriteo's 1,000, one or two epochs end at a
+# validation AUC of 0.67, what the dense features alone give (0.668), with the planted pairs
+# not found.
 _COMMON = {
     "dense_optimizer": "adam",
     "dense_lr": 1e-3,
