@@ -74,7 +74,7 @@ import sympy as sp
 from refimpl.tools.gradcheck import rel_error
 
 POINT_SCALE = 2**32  # a point's coordinates are n / 2³², |n| ≤ 2³³: float64 exactly
-EPSILON = sp.Symbol("epsilon")
+EPSILON = sp.Symbol("epsilon", real=True)
 
 Leaves = Mapping[str, np.ndarray]
 Forward = Callable[[Leaves], tuple[np.ndarray, Any]]
@@ -82,14 +82,15 @@ Backward = Callable[[Leaves, np.ndarray, Any], Mapping[str, np.ndarray]]
 
 
 def symbols(letter: str, shape: tuple[int, ...]) -> np.ndarray:
-    """An object array of SymPy symbols ``letter_{i,j,…}``, one per entry.
+    """An object array of real SymPy symbols ``letter_{i,j,…}``, one per entry (real: every
+    number here is, and SymPy simplifies faster when it knows).
 
     >>> symbols("x", (1, 2))
     array([[x_{0,0}, x_{0,1}]], dtype=object)
     """
     out = np.empty(shape, dtype=object)
     for index in np.ndindex(*shape):
-        out[index] = sp.Symbol(f"{letter}_{{{','.join(map(str, index))}}}")
+        out[index] = sp.Symbol(f"{letter}_{{{','.join(map(str, index))}}}", real=True)
     return out
 
 

@@ -75,8 +75,6 @@ def test_every_mutant_fails_its_proof(mutant):
     assert cx.gap(kind, **config) is None
     found = cx.gap(kind, mutant, **config)
     assert found is not None and found.startswith(where), found
-    with pytest.raises(AssertionError, match="not proven"):
-        cx._proof(cx.make_config(kind, **config), mutant).statement()
 
 
 def test_the_gate_mutants_are_no_mistakes_without_gates():

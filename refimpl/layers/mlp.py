@@ -232,10 +232,10 @@ class MLP(Layer):
         The output size of each layer; O = ``layer_sizes[-1]``.
     bias : bool
         Each Linear learns a bias; default True.
-    activation : {"relu", "tanh", "identity"}
-        By name, where TorchRec takes a callable (its default ``torch.relu`` is ``"relu"``;
-        ``torch.tanh`` is ``"tanh"``; ``torch.nn.Identity()`` is ``"identity"``). TorchRec's
-        other names, ``"sigmoid"`` and ``"swish_layernorm"``, are not offered.
+    activation : str
+        A name in :data:`refimpl.layers.activations.ACTIVATIONS` (``"relu"``, ``"tanh"``,
+        ``"sigmoid"``, ``"identity"``), where TorchRec takes a callable or the names
+        ``"relu"``, ``"sigmoid"`` and ``"swish_layernorm"`` (the last is not offered here).
     activation_on_last : bool
         Apply the activation after the last Linear too (TorchRec's default, True).
     seed : int or Generator, optional

@@ -4,8 +4,8 @@ Every network is checked by all four witnesses: finite differences at several sm
 a hand check of the forward against the loop version (:func:`refimpl.tools.loops.crossnet_loop`),
 TorchRec parity, and the SymPy proof in ``derivations.crossnet`` (each network on its own, and
 inside InteractionDCNArch with the gradient split back into dense and sparse). The mixture is
-checked with one expert (no gate) and several, with a kinked (relu) and smooth (tanh, identity)
-activation.
+checked with one expert (no gate) and several, with a kinked (relu) and smooth (tanh, identity,
+sigmoid) activations.
 
 Finite differences use gradcheck's defaults (the fourth-order stencil) through
 :func:`refimpl.tools.check.finite_difference_check`. Inputs are drawn with magnitudes in
@@ -39,6 +39,7 @@ FINITE_DIFFERENCE = (
     (MIX, {"num_experts": 3, "low_rank": 1, "activation": "relu"}, [(2, 6, 2), (3, 4, 3)]),
     (MIX, {"num_experts": 3, "low_rank": 3, "activation": "tanh"}, [(1, 12, 1), (2, 6, 3)]),
     (MIX, {"num_experts": 2, "low_rank": 2, "activation": "identity"}, [(3, 5, 2)]),
+    (MIX, {"num_experts": 2, "low_rank": 2, "activation": "sigmoid"}, [(2, 5, 2)]),
 )
 
 # Every network once, for the hand witness and inside InteractionDCNArch.
@@ -99,6 +100,7 @@ PARITY = (
     (MIX, {"num_experts": 3, "low_rank": 2, "activation": "relu"}, 1, 12, 3),
     (MIX, {"num_experts": 3, "low_rank": 4, "activation": "tanh"}, 4, 216, 3),
     (MIX, {"num_experts": 2, "low_rank": 3, "activation": "identity"}, 3, 10, 2),
+    (MIX, {"num_experts": 2, "low_rank": 2, "activation": "sigmoid"}, 2, 8, 2),
 )
 
 
