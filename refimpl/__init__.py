@@ -16,24 +16,41 @@ from refimpl.layers.crossnet import (
 )
 from refimpl.layers.dcn import InteractionDCNArch
 from refimpl.layers.dot import InteractionArch, pair_indices
+from refimpl.layers.fm import DeepFM, FactorizationMachine, FMInteractionArch
 from refimpl.layers.mlp import MLP, DenseArch, Linear, OverArch
 from refimpl.layers.projection import InteractionProjectionArch
+from refimpl.layers.sequential import ReLU, Sequential
+from refimpl.layers.transformer import (
+    InteractionTransformerArch,
+    LayerNorm,
+    MultiheadAttention,
+    TransformerEncoderLayer,
+)
 from refimpl.tools.gradcheck import GradCheckResult, draw_away_from_kinks, gradcheck, rel_error
 
 __all__ = [
     "ACTIVATIONS",
     "MLP",
     "CrossNet",
+    "DeepFM",
     "DenseArch",
+    "FMInteractionArch",
+    "FactorizationMachine",
     "GradCheckResult",
     "InteractionArch",
     "InteractionDCNArch",
     "InteractionProjectionArch",
+    "InteractionTransformerArch",
     "Layer",
+    "LayerNorm",
     "Linear",
     "LowRankCrossNet",
     "LowRankMixtureCrossNet",
+    "MultiheadAttention",
     "OverArch",
+    "ReLU",
+    "Sequential",
+    "TransformerEncoderLayer",
     "VectorCrossNet",
     "draw_away_from_kinks",
     "get_activation",
