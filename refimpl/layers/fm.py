@@ -74,9 +74,8 @@ def fm_feature_pairs_forward(stacked: np.ndarray) -> tuple[np.ndarray, FMCache]:
     >>> fm_feature_pairs_forward(v)[0]             # ⟨v_0, v_1⟩ = 3 + 8
     array([[11.]])
     """
-    batch = stacked.shape[0]
     total = stacked.sum(axis=1)  # s_d = Σ_i v_id, (B, D)
-    squares = (stacked * stacked).reshape(batch, -1).sum(axis=1, keepdims=True)  # (B, 1)
+    squares = (stacked * stacked).sum(axis=(1, 2))[:, None]  # Σ_i Σ_d v_id², (B, 1)
     return ((total * total).sum(axis=1, keepdims=True) - squares) / 2, FMCache(stacked, total)
 
 
@@ -134,7 +133,8 @@ def check_embeddings(embeddings, dtype=None) -> list[np.ndarray]:
 def flatten_embeddings(embeddings: Sequence[np.ndarray]) -> np.ndarray:
     """TorchRec's ``_get_flatten_input``: each (B, …) flattened to (B, ·), then concatenated."""
     batch = embeddings[0].shape[0]
-    return np.concatenate([e.reshape(batch, -1) for e in embeddings], axis=1)  # (B, N)
+    widths = [int(np.prod(e.shape[1:])) for e in embeddings]  # explicit: B may be 0
+    return np.concatenate([e.reshape(batch, w) for e, w in zip(embeddings, widths, strict=True)], 1)
 
 
 def split_flat(d_flat: np.ndarray, shapes: Sequence[tuple[int, ...]]) -> list[np.ndarray]:
