@@ -25,6 +25,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from refimpl.fast import transformer as fast
 from refimpl.layers.activations import get_activation, softmax, softmax_backward, sqrt
 from refimpl.layers.base import (
     Layer,
@@ -48,10 +49,15 @@ def sub_params(params, prefix: str) -> dict:
     return {k[len(prefix) :]: v for k, v in params.items() if k.startswith(prefix)}
 
 
-def linear(x: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
-    """``x Wᵀ + b`` applied to every token: (…, I) to (…, O), as one matrix product."""
+def tokens_times(x: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    """Every token (row of the last axis) times ``matrix``: (…, I) @ (I, O), one product."""
     rows = x.reshape(-1, x.shape[-1])  # every token a row, (N·S, I)
-    return (rows @ weight.T + bias).reshape(*x.shape[:-1], weight.shape[0])  # (…, O)
+    return (rows @ matrix).reshape(*x.shape[:-1], matrix.shape[1])  # (…, O)
+
+
+def linear(x: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """``x Wᵀ + b`` applied to every token: (…, I) to (…, O), as ``nn.Linear``."""
+    return tokens_times(x, weight.T) + bias  # (…, O)
 
 
 def sum_tokens(a: np.ndarray) -> np.ndarray:
@@ -168,19 +174,49 @@ def attention_backward(params, d_out: np.ndarray, cache: AttentionCache):
     """``(d_x, d_params)`` for :func:`attention_forward`, each step undone in reverse."""
     x, q, k, v, probs, context = cache
     num_heads, head_dim = q.shape[1], q.shape[3]
-    d_context = linear(d_out, params["out_proj.weight"].T, 0)  # (N, S, E)
+    d_context = tokens_times(d_out, params["out_proj.weight"])  # (N, S, E)
     d_heads = split_heads(d_context, num_heads)  # d(P v), (N, H, S, h)
     d_probs = d_heads @ v.swapaxes(-1, -2)  # (N, H, S, S)
     d_v = probs.swapaxes(-1, -2) @ d_heads  # (N, H, S, h)
     d_scores = softmax_backward(probs, d_probs)  # (N, H, S, S)
     d_q, d_k = scores_backward(d_scores, q, k, attention_scale(head_dim, x.dtype))
     d_qkv = np.concatenate([merge_heads(d_q), merge_heads(d_k), merge_heads(d_v)], axis=-1)
-    d_x = linear(d_qkv, params["in_proj_weight"].T, 0)  # (N, S, E)
+    d_x = tokens_times(d_qkv, params["in_proj_weight"])  # (N, S, E)
     return d_x, {
         "in_proj_weight": token_outer(d_qkv, x),  # (3E, E)
         "in_proj_bias": sum_tokens(d_qkv),  # (3E,)
         "out_proj.weight": token_outer(d_out, context),  # (E, E)
         "out_proj.bias": sum_tokens(d_out),  # (E,)
+    }
+
+
+# -------------------------------------------------------------------------- feed-forward
+
+
+class FeedForwardCache(NamedTuple):
+    input: np.ndarray  # x, linear1's input, (N, S, E)
+    hidden: np.ndarray  # g(x W₁ᵀ + b₁), linear2's input, (N, S, M)
+
+
+def feed_forward(params, x: np.ndarray, activation: str = "relu"):
+    """The encoder layer's feed-forward block, ``g(x W₁ᵀ + b₁) W₂ᵀ + b₂``, on every token."""
+    hidden = get_activation(activation).forward(
+        linear(x, params["linear1.weight"], params["linear1.bias"])
+    )  # (N, S, M)
+    out = linear(hidden, params["linear2.weight"], params["linear2.bias"])  # (N, S, E)
+    return out, FeedForwardCache(x, hidden)
+
+
+def feed_forward_backward(params, d_out, cache: FeedForwardCache, activation: str = "relu"):
+    """``(d_x, d_params)`` for :func:`feed_forward`; g' is read from g's output."""
+    x, hidden = cache
+    d_hidden = tokens_times(d_out, params["linear2.weight"])  # (N, S, M)
+    d_pre = d_hidden * get_activation(activation).derivative(hidden)  # (N, S, M)
+    return tokens_times(d_pre, params["linear1.weight"]), {  # (N, S, E)
+        "linear1.weight": token_outer(d_pre, x),  # (M, E)
+        "linear1.bias": sum_tokens(d_pre),  # (M,)
+        "linear2.weight": token_outer(d_out, hidden),  # (E, M)
+        "linear2.bias": sum_tokens(d_out),  # (E,)
     }
 
 
@@ -190,40 +226,33 @@ def attention_backward(params, d_out: np.ndarray, cache: AttentionCache):
 class EncoderLayerCache(NamedTuple):
     attention: AttentionCache
     norm1: LayerNormCache
-    attended: np.ndarray  # y₁ = norm1(x + attention(x)): linear1's input, (N, S, E)
-    hidden: np.ndarray  # g(y₁ W₁ᵀ + b₁): linear2's input, (N, S, M)
+    feed_forward: FeedForwardCache  # its input is y₁ = norm1(x + attention(x))
     norm2: LayerNormCache
 
 
 def encoder_layer_forward(params, x: np.ndarray, num_heads: int, eps, activation: str = "relu"):
     """torch's post-norm encoder layer: ``y₁ = norm1(x + attn(x))``, ``y = norm2(y₁ + ff(y₁))``."""
-    act = get_activation(activation)
     a, attention = attention_forward(sub_params(params, "self_attn."), x, num_heads)  # (N, S, E)
     attended, norm1 = layer_norm_forward(sub_params(params, "norm1."), x + a, eps)  # y₁
-    hidden = act.forward(linear(attended, params["linear1.weight"], params["linear1.bias"]))
-    f = linear(hidden, params["linear2.weight"], params["linear2.bias"])  # ff(y₁), (N, S, E)
+    f, ff = feed_forward(params, attended, activation)  # ff(y₁), (N, S, E)
     out, norm2 = layer_norm_forward(sub_params(params, "norm2."), attended + f, eps)  # (N, S, E)
-    return out, EncoderLayerCache(attention, norm1, attended, hidden, norm2)
+    return out, EncoderLayerCache(attention, norm1, ff, norm2)
 
 
 def encoder_layer_backward(params, d_out, cache: EncoderLayerCache, activation: str = "relu"):
     """``(d_x, d_params)`` for :func:`encoder_layer_forward`: norm2, the feed-forward block and
     its residual, norm1, attention and its residual, in reverse."""
-    attention, norm1, attended, hidden, norm2 = cache
+    attention, norm1, ff, norm2 = cache
     d_sum2, d_norm2 = layer_norm_backward(sub_params(params, "norm2."), d_out, norm2)  # d(y₁+f)
-    d_hidden = linear(d_sum2, params["linear2.weight"].T, 0)  # (N, S, M)
-    d_pre = d_hidden * get_activation(activation).derivative(hidden)  # (N, S, M)
-    d_attended = d_sum2 + linear(d_pre, params["linear1.weight"].T, 0)  # residual + ff, (N, S, E)
+    d_ff_input, d_ff = feed_forward_backward(params, d_sum2, ff, activation)  # (N, S, E)
+    d_attended = d_sum2 + d_ff_input  # residual + feed-forward, (N, S, E)
     d_sum1, d_norm1 = layer_norm_backward(sub_params(params, "norm1."), d_attended, norm1)
     d_x_attention, d_attention = attention_backward(
         sub_params(params, "self_attn."), d_sum1, attention
     )
     d_params = {
         **prefixed("self_attn", d_attention),
-        "linear1.weight": token_outer(d_pre, attended),  # (M, E)
-        "linear1.bias": sum_tokens(d_pre),  # (M,)
-        "linear2.weight": token_outer(d_sum2, hidden),  # (E, M)
-        "linear2.bias": sum_tokens(d_sum2),  # (E,)
+        **d_ff,
         **prefixed("norm1", d_norm1),
         **prefixed("norm2", d_norm2),
     }
@@ -250,29 +279,36 @@ class TransformerInteractionCache(NamedTuple):
 
 
 def transformer_interaction_forward(
-    params, dense, sparse, num_heads: int, eps, attend_across: str = "features"
+    params, dense, sparse, num_heads: int, eps, attend_across="features", layer_forward=None
 ):
-    """``[dense; sparse]`` (B, F+1, D) through the encoder layers, flattened to (B, (F+1)·D)."""
+    """``[dense; sparse]`` (B, F+1, D) through the encoder layers, flattened to (B, (F+1)·D).
+
+    ``layer_forward`` (default :func:`encoder_layer_forward`) runs one encoder layer."""
+    layer_forward = layer_forward or encoder_layer_forward
     combined = np.concatenate([dense[:, None, :], sparse], axis=1)  # (B, F+1, D)
     x = as_sequences(combined, attend_across)  # (N, S, D)
     caches = []
     for i in range(encoder_layer_count(params)):
         layer = sub_params(params, f"interarch_TE.layers.{i}.")
-        x, cache = encoder_layer_forward(layer, x, num_heads, eps)
+        x, cache = layer_forward(layer, x, num_heads, eps)
         caches.append(cache)
     out = as_sequences(x, attend_across)  # back to (B, F+1, D)
     return out.reshape(out.shape[0], -1), TransformerInteractionCache(dense.shape[0], tuple(caches))
 
 
-def transformer_interaction_backward(params, d_out, cache, attend_across: str = "features"):
-    """``(d_dense, d_sparse, d_params)`` for :func:`transformer_interaction_forward`."""
+def transformer_interaction_backward(
+    params, d_out, cache, attend_across="features", layer_backward=None
+):
+    """``(d_dense, d_sparse, d_params)`` for :func:`transformer_interaction_forward`;
+    ``layer_backward`` (default :func:`encoder_layer_backward`) runs one layer's backward."""
+    layer_backward = layer_backward or encoder_layer_backward
     batch, caches = cache
-    dim = caches[0].attended.shape[-1]
+    dim = caches[0].norm2.normalized.shape[-1]
     d_x = as_sequences(d_out.reshape(batch, -1, dim), attend_across)  # (N, S, D)
     d_params = {}
     for i in reversed(range(len(caches))):
         prefix = f"interarch_TE.layers.{i}"
-        d_x, d_layer = encoder_layer_backward(sub_params(params, prefix + "."), d_x, caches[i])
+        d_x, d_layer = layer_backward(sub_params(params, prefix + "."), d_x, caches[i])
         d_params.update(prefixed(prefix, d_layer))
     d_combined = as_sequences(d_x, attend_across)  # (B, F+1, D)
     return d_combined[:, 0], d_combined[:, 1:], {k: d_params[k] for k in params}
@@ -616,9 +652,14 @@ class TransformerEncoderLayer(_TokenLayer):
         cache : EncoderLayerCache
         """
         x = self._to_sequences("src", src)  # (N, S, E)
-        out, cache = encoder_layer_forward(
-            self.params, x, self.nhead, self.layer_norm_eps, self.activation
-        )
+        if self.activation == "relu":  # torch's default: the fast path (same numbers)
+            out, cache = fast.encoder_layer_forward_fast(
+                self.params, x, self.nhead, self.layer_norm_eps
+            )
+        else:
+            out, cache = encoder_layer_forward(
+                self.params, x, self.nhead, self.layer_norm_eps, self.activation
+            )
         return self._from_sequences(out), cache
 
     def backward(self, d_out: np.ndarray, cache: EncoderLayerCache):
@@ -629,14 +670,17 @@ class TransformerEncoderLayer(_TokenLayer):
         d_params : dict keyed like ``params``
         """
         d_out = self._check_d_out(d_out, cache.attention.input)  # (N, S, E)
-        d_x, d_params = encoder_layer_backward(self.params, d_out, cache, self.activation)
+        if self.activation == "relu":
+            d_x, d_params = fast.encoder_layer_backward_fast(self.params, d_out, cache)
+        else:
+            d_x, d_params = encoder_layer_backward(self.params, d_out, cache, self.activation)
         return self._from_sequences(d_x), {k: d_params[k] for k in self.params}
 
     def pre_activations(self, src: np.ndarray) -> np.ndarray:
         """``y₁ W₁ᵀ + b₁`` (the feed-forward block's pre-activations) for ``src``, recomputed."""
         _, cache = self.forward(src)
         params = self.params
-        return linear(cache.attended, params["linear1.weight"], params["linear1.bias"])
+        return linear(cache.feed_forward.input, params["linear1.weight"], params["linear1.bias"])
 
     def kink_distance(self, src: np.ndarray) -> float:
         """Smallest |pre-activation| of the feed-forward block when its activation has a kink."""
@@ -787,7 +831,13 @@ class InteractionTransformerArch(Layer):
         if batch == 0:  # "batch" would attend over zero tokens: nothing to compute either way
             return np.zeros((0, self.output_size()), self.dtype), TransformerInteractionCache(0, ())
         return transformer_interaction_forward(
-            self.params, dense, sparse, self.nhead, self.layer_norm_eps, self.attend_across
+            self.params,
+            dense,
+            sparse,
+            self.nhead,
+            self.layer_norm_eps,
+            self.attend_across,
+            fast.encoder_layer_forward_fast,
         )
 
     def backward(self, d_out: np.ndarray, cache: TransformerInteractionCache):
@@ -809,7 +859,9 @@ class InteractionTransformerArch(Layer):
         if not layers:
             d_dense = d_out.copy() if f == 0 else np.zeros((batch, d), self.dtype)
             return d_dense, np.zeros((batch, f, d), self.dtype), self.zero_param_grads()
-        return transformer_interaction_backward(self.params, d_out, cache, self.attend_across)
+        return transformer_interaction_backward(
+            self.params, d_out, cache, self.attend_across, fast.encoder_layer_backward_fast
+        )
 
     def kink_distance(self, dense: np.ndarray, sparse: np.ndarray) -> float:
         """Smallest |pre-activation| of any encoder layer's ReLU."""
