@@ -157,11 +157,16 @@ def test_encoder_layer_has_torch_keys_and_defaults():
 def test_encoder_layer_backward_never_changes_its_cache_or_params(rng):
     layer = refimpl.TransformerEncoderLayer(4, 2, 6, seed=0)
     out, cache = layer.forward(rng.standard_normal((3, 2, 4)))
-    saved = [a.copy() for a in (cache.feed_forward.input, cache.feed_forward.hidden, cache.attention.probs)]
+    saved = [
+        a.copy()
+        for a in (cache.feed_forward.input, cache.feed_forward.hidden, cache.attention.probs)
+    ]
     params = layer.state_dict()
     layer.backward(rng.standard_normal(out.shape), cache)
     for before, after in zip(
-        saved, (cache.feed_forward.input, cache.feed_forward.hidden, cache.attention.probs), strict=True
+        saved,
+        (cache.feed_forward.input, cache.feed_forward.hidden, cache.attention.probs),
+        strict=True,
     ):
         np.testing.assert_array_equal(before, after)
     for key, value in layer.params.items():

@@ -29,9 +29,16 @@ from typing import NamedTuple
 
 import numpy as np
 
-from refimpl.layers.base import FLOAT_DTYPES, Layer, as_rng, check_array, check_positive_int
-from refimpl.layers.mlp import Linear, prefixed
-from refimpl.layers.sequential import ReLU, Sequential
+from refimpl.layers.activations import get_activation
+from refimpl.layers.base import (
+    FLOAT_DTYPES,
+    Layer,
+    as_rng,
+    check_array,
+    check_positive_int,
+    linear_uniform,
+)
+from refimpl.layers.mlp import prefixed
 
 PAIRS = ("scalars", "features")
 
@@ -280,6 +287,7 @@ class DeepFM(Layer):
 
     Examples
     --------
+    >>> from refimpl.layers.mlp import Linear
     >>> deep = DeepFM(Linear(4, 1, bias=False))
     >>> deep.load_state_dict({"dense_module.weight": np.array([[1.0, 1.0, 1.0, 1.0]])})
     >>> out, cache = deep.forward([np.array([[1.0, 2.0]]), np.array([[3.0, 4.0]])])
@@ -333,9 +341,46 @@ class DeepFM(Layer):
 
 
 class FMInteractionCache(NamedTuple):
-    dense_shape: tuple  # (B, D)
-    deep_fm: DeepFMCache
-    fm: FactorizationMachineCache
+    shapes: tuple  # each embedding's shape, dense's first: to split the gradient back
+    flat: np.ndarray  # x = flatten(E), the deep branch's input, (B, N)
+    deep: np.ndarray  # relu(x Wᵀ + b): ReLU's derivative is read from it, (B, DI)
+    fm: FMCache
+
+
+def fm_interaction_forward(params, embeddings, pairs: str = "scalars"):
+    """TorchRec's FMInteractionArch on ``E = [dense, sparse_1, …]``: ``[dense, deep, fm]``.
+
+    ``params`` keyed like TorchRec's: ``deep_fm.dense_module.0.weight`` (DI, N) and ``.bias``.
+    """
+    relu = get_activation("relu")
+    flat = flatten_embeddings(embeddings)  # x, (B, N)
+    weight, bias = params["deep_fm.dense_module.0.weight"], params["deep_fm.dense_module.0.bias"]
+    deep = relu.forward(flat @ weight.T + bias)  # (B, DI)
+    if pairs == "scalars":
+        fm, fm_cache = fm_scalar_pairs_forward(flat)  # (B, 1)
+    else:
+        fm, fm_cache = fm_feature_pairs_forward(stack_features(embeddings))  # (B, 1)
+    out = np.concatenate([embeddings[0], deep, fm], axis=1)  # (B, D + DI + 1)
+    return out, FMInteractionCache(tuple(e.shape for e in embeddings), flat, deep, fm_cache)
+
+
+def fm_interaction_backward(params, d_out, cache: FMInteractionCache, pairs: str = "scalars"):
+    """``(d_embeddings, d_params)`` for :func:`fm_interaction_forward`: both branches read
+    every embedding, so their gradients add; dense also has its passthrough's."""
+    shapes, flat, deep, fm_cache = cache
+    dim, width = shapes[0][1], deep.shape[1]
+    d_pre = d_out[:, dim : dim + width] * get_activation("relu").derivative(deep)  # (B, DI)
+    weight = params["deep_fm.dense_module.0.weight"]
+    if pairs == "scalars":
+        d_fm = fm_scalar_pairs_backward(d_out[:, dim + width :], fm_cache)  # (B, N)
+    else:  # the stacked (B, F, D) features flatten in the order flatten_embeddings uses
+        d_fm = fm_feature_pairs_backward(d_out[:, dim + width :], fm_cache).reshape(flat.shape)
+    d_embeddings = split_flat(d_pre @ weight + d_fm, shapes)  # both branches, per embedding
+    d_embeddings[0] = d_out[:, :dim] + d_embeddings[0]  # + the dense passthrough, (B, D)
+    return d_embeddings, {
+        "deep_fm.dense_module.0.weight": d_pre.T @ flat,  # (DI, N)
+        "deep_fm.dense_module.0.bias": d_pre.sum(axis=0),  # (DI,)
+    }
 
 
 class FMInteractionArch(Layer):
@@ -349,13 +394,20 @@ class FMInteractionArch(Layer):
         The F names read from ``sparse_features``, in this order. F = 0 returns ``dense``
         unchanged, as TorchRec does.
     deep_fm_dimension : int
-        DI, the width of the deep branch ``Sequential(Linear(N, DI), ReLU())``.
+        DI, the width of the deep branch, TorchRec's ``DeepFM(Sequential(Linear(N, DI),
+        ReLU()))``.
     fm_pairs : {"scalars", "features"}
         The FM's pairs (see :class:`FactorizationMachine`): TorchRec's ``"scalars"`` by
         default, or the papers' ``"features"`` (then every D_f must equal D).
     seed : int or Generator, optional
         Initialises the Linear as ``nn.Linear`` does.
     dtype : float32 or float64
+
+    Attributes
+    ----------
+    params : dict
+        TorchRec's keys: ``deep_fm.dense_module.0.weight`` (DI, N) and
+        ``deep_fm.dense_module.0.bias`` (DI,).
 
     Notes
     -----
@@ -370,10 +422,15 @@ class FMInteractionArch(Layer):
         fm   = FactorizationMachine(pairs)(E)            (B, 1)
         out  = concat(dense, deep, fm)                   (B, D + DI + 1)
 
-    Backward: ``d_dense = d_out[:, :D] + (deep's and fm's gradients of E[0])``; each sparse
-    feature gets the sum of the two branches' gradients of its entry (and of every entry, if a
-    name is listed twice). Keys: ``deep_fm.dense_module.0.weight`` (DI, N) and
-    ``deep_fm.dense_module.0.bias`` (DI,), TorchRec's.
+    Backward, with ``d_out = [g_dense, g_deep, g_fm]``::
+
+        dz   = g_deep ⊙ [deep > 0]                       (B, DI)
+        dW   = dzᵀ x,   db = Σ_b dz
+        dx   = dz W + g_fm ⊙ (s − x)                     both branches read x (pairs="scalars")
+        d_dense = g_dense + dx[:, :D],  d_sparse[n_f] = its columns of dx
+
+    (a name listed twice gets the sum of its entries). :func:`fm_interaction_forward` and
+    :func:`fm_interaction_backward` are the textbook form the layer calls.
 
     Examples
     --------
@@ -411,18 +468,13 @@ class FMInteractionArch(Layer):
             raise TypeError(
                 f"sparse_feature_names: expected a list of names, got {sparse_feature_names!r}"
             )
+        if fm_pairs not in PAIRS:
+            raise ValueError(f"fm_pairs: expected one of {PAIRS}, got {fm_pairs!r}")
         self.sparse_feature_names = list(sparse_feature_names)
-        linear = Linear(self.fm_in_features, self.deep_fm_dimension, seed=as_rng(seed), dtype=dtype)
-        self._children["deep_fm"] = DeepFM(Sequential(linear, ReLU(dtype=dtype)))
-        self._children["fm"] = FactorizationMachine(pairs=fm_pairs, dtype=dtype)
-
-    @property
-    def deep_fm(self) -> DeepFM:
-        return self._children["deep_fm"]
-
-    @property
-    def fm(self) -> FactorizationMachine:
-        return self._children["fm"]
+        self.fm_pairs = fm_pairs
+        rng, n, di = as_rng(seed), self.fm_in_features, self.deep_fm_dimension
+        self._params["deep_fm.dense_module.0.weight"] = linear_uniform(rng, (di, n), n, dtype)
+        self._params["deep_fm.dense_module.0.bias"] = linear_uniform(rng, (di,), n, dtype)
 
     def output_size(self, embedding_dim: int) -> int:
         """D + DI + 1 (just D when there are no sparse features)."""
@@ -431,7 +483,7 @@ class FMInteractionArch(Layer):
         return embedding_dim + self.deep_fm_dimension + 1
 
     def _config(self) -> str:
-        extra = "" if self.fm.pairs == "scalars" else f", fm_pairs={self.fm.pairs!r}"
+        extra = "" if self.fm_pairs == "scalars" else f", fm_pairs={self.fm_pairs!r}"
         return (
             f"fm_in_features={self.fm_in_features}, "
             f"sparse_feature_names={self.sparse_feature_names}, "
@@ -464,6 +516,11 @@ class FMInteractionArch(Layer):
                 f"fm_in_features: the arch was built for N = {self.fm_in_features} scalars, but "
                 f"dense_features and {self.sparse_feature_names} have D + Σ D_f = {width}"
             )
+        if self.fm_pairs == "features" and {a.shape[1] for a in arrays} != {sizes["D"]}:
+            raise ValueError(
+                'sparse_features: fm_pairs="features" pairs whole vectors, so every D_f must '
+                f"equal D = {sizes['D']}, got {[a.shape[1] for a in arrays[1:]]}"
+            )
         return arrays
 
     def forward(self, dense_features: np.ndarray, sparse_features: Mapping[str, np.ndarray]):
@@ -476,23 +533,20 @@ class FMInteractionArch(Layer):
         Returns
         -------
         out : ndarray, shape (B, D + DI + 1); a copy of ``dense_features`` when F = 0
-        cache : FMInteractionCache
+        cache : FMInteractionCache, or the (B, D) shape when F = 0
         """
         if not self.sparse_feature_names:
             check_array("dense_features", dense_features, "B D", {}, self.dtype)
-            return dense_features.copy(), FMInteractionCache(dense_features.shape, None, None)
+            return dense_features.copy(), dense_features.shape
         embeddings = self._embeddings(dense_features, sparse_features)
-        deep, deep_cache = self.deep_fm.forward(embeddings)  # (B, DI)
-        fm, fm_cache = self.fm.forward(embeddings)  # (B, 1)
-        out = np.concatenate([dense_features, deep, fm], axis=1)  # (B, D + DI + 1)
-        return out, FMInteractionCache(dense_features.shape, deep_cache, fm_cache)
+        return fm_interaction_forward(self._params, embeddings, self.fm_pairs)
 
-    def backward(self, d_out: np.ndarray, cache: FMInteractionCache):
+    def backward(self, d_out: np.ndarray, cache):
         """
         Parameters
         ----------
         d_out : ndarray, shape (B, D + DI + 1)
-        cache : FMInteractionCache from ``forward``
+        cache : from ``forward``
 
         Returns
         -------
@@ -500,21 +554,25 @@ class FMInteractionArch(Layer):
         d_sparse_features : dict of str to ndarray, each (B, D_f), one per listed name
         d_params : dict keyed like ``params``
         """
-        (batch, dim), deep_cache, fm_cache = cache
-        check_array("d_out", d_out, "B W", {"B": batch, "W": self.output_size(dim)}, self.dtype)
-        if deep_cache is None:
+        if not self.sparse_feature_names:
+            batch, dim = cache
+            check_array("d_out", d_out, "B W", {"B": batch, "W": dim}, self.dtype)
             return d_out.copy(), {}, self.zero_param_grads()
-        di = self.deep_fm_dimension
-        d_deep_in, d_params = self.deep_fm.backward(d_out[:, dim : dim + di], deep_cache)
-        d_fm_in, _ = self.fm.backward(d_out[:, dim + di :], fm_cache)
-        d_embeddings = [a + b for a, b in zip(d_deep_in, d_fm_in, strict=True)]
-        d_dense = d_out[:, :dim] + d_embeddings[0]  # passthrough + both branches, (B, D)
+        batch, dim = cache.shapes[0]
+        check_array("d_out", d_out, "B W", {"B": batch, "W": self.output_size(dim)}, self.dtype)
+        d_embeddings, d_params = fm_interaction_backward(self._params, d_out, cache, self.fm_pairs)
         d_sparse: dict[str, np.ndarray] = {}
         for name, d_feature in zip(self.sparse_feature_names, d_embeddings[1:], strict=True):
             d_sparse[name] = d_sparse[name] + d_feature if name in d_sparse else d_feature
-        return d_dense, d_sparse, prefixed("deep_fm", d_params)
+        return d_embeddings[0], d_sparse, d_params
 
     def kink_distance(self, dense_features, sparse_features) -> float:
+        """Smallest |x Wᵀ + b| of the deep branch's ReLU."""
         if not self.sparse_feature_names:
             return float("inf")
-        return self.deep_fm.kink_distance(self._embeddings(dense_features, sparse_features))
+        flat = flatten_embeddings(self._embeddings(dense_features, sparse_features))
+        params = self._params
+        pre = (
+            flat @ params["deep_fm.dense_module.0.weight"].T + params["deep_fm.dense_module.0.bias"]
+        )
+        return float(np.min(np.abs(pre))) if pre.size else float("inf")

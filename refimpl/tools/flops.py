@@ -368,7 +368,7 @@ def count_flops(layer, *inputs) -> FlopCount:
             return FlopCount(0, 0)
         dim = inputs[0].shape[1]
         return fm_interaction_flops(
-            batch, dim, layer.fm_in_features, layer.deep_fm_dimension, layer.fm.pairs
+            batch, dim, layer.fm_in_features, layer.deep_fm_dimension, layer.fm_pairs
         )
     if kind == "InteractionTransformerArch":
         return transformer_interaction_flops(

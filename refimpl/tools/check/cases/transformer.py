@@ -305,7 +305,9 @@ def checks():
         layout = "N S E" if batch_first else "S N E"
         config = f"{layout}=(3, 2, 4) H={heads} linspace"
         yield hand_check(name, config, _hand_attention(heads, batch_first))
-    yield symbolic_check(name, "N=1 S=2 E=2 H=1", _symbolic(name, batch=1, seq=2, width=2, heads=1))
+    for heads in (1, 2):
+        config = f"N=1 S=2 E=2 H={heads}"
+        yield symbolic_check(name, config, _symbolic(name, batch=1, seq=2, width=2, heads=heads))
 
     name = "TransformerEncoderLayer"
     for batch_first, shape, m in ((False, (3, 2, 4), 6), (True, (2, 3, 4), 5)):
