@@ -16,9 +16,17 @@ from refimpl.layers.crossnet import (
 )
 from refimpl.layers.dcn import InteractionDCNArch
 from refimpl.layers.dot import InteractionArch, pair_indices
+from refimpl.layers.embedding import (
+    EmbeddingBagCollection,
+    EmbeddingBagConfig,
+    KeyedJaggedArray,
+    SparseArch,
+)
 from refimpl.layers.fm import DeepFM, FactorizationMachine, FMInteractionArch
+from refimpl.layers.loss import BCEWithLogitsLoss
 from refimpl.layers.mlp import MLP, DenseArch, Linear, OverArch
 from refimpl.layers.projection import InteractionProjectionArch
+from refimpl.layers.rowsparse import RowSparse
 from refimpl.layers.sequential import ReLU, Sequential
 from refimpl.layers.transformer import (
     InteractionTransformerArch,
@@ -26,14 +34,21 @@ from refimpl.layers.transformer import (
     MultiheadAttention,
     TransformerEncoderLayer,
 )
+from refimpl.models.dlrm import DLRM, DLRM_DCN, DLRM_Projection
 from refimpl.tools.gradcheck import GradCheckResult, draw_away_from_kinks, gradcheck, rel_error
 
 __all__ = [
     "ACTIVATIONS",
+    "DLRM",
+    "DLRM_DCN",
     "MLP",
+    "BCEWithLogitsLoss",
     "CrossNet",
+    "DLRM_Projection",
     "DeepFM",
     "DenseArch",
+    "EmbeddingBagCollection",
+    "EmbeddingBagConfig",
     "FMInteractionArch",
     "FactorizationMachine",
     "GradCheckResult",
@@ -41,6 +56,7 @@ __all__ = [
     "InteractionDCNArch",
     "InteractionProjectionArch",
     "InteractionTransformerArch",
+    "KeyedJaggedArray",
     "Layer",
     "LayerNorm",
     "Linear",
@@ -49,7 +65,9 @@ __all__ = [
     "MultiheadAttention",
     "OverArch",
     "ReLU",
+    "RowSparse",
     "Sequential",
+    "SparseArch",
     "TransformerEncoderLayer",
     "VectorCrossNet",
     "draw_away_from_kinks",

@@ -17,7 +17,7 @@ import numpy as np
 
 from refimpl.fast.threads import matmul_threads
 from refimpl.layers import transformer as textbook  # read at call time: the layer imports us
-from refimpl.layers.mlp import prefixed
+from refimpl.layers.mlp import linear_backward, linear_forward, prefixed
 
 BLOCK_BYTES = 1 << 20  # rows per block: about a megabyte of the (tokens, M) array
 
@@ -37,38 +37,43 @@ def _run_blocks(function, blocks: list[slice]):
 
 def feed_forward_fast(params, x: np.ndarray):
     """Equals :func:`refimpl.layers.transformer.feed_forward` with ReLU."""
-    hidden = textbook.tokens_times(x, params["linear1.weight"].T)  # (N, S, M)
-    flat, bias = hidden.reshape(-1, hidden.shape[-1]), params["linear1.bias"]
+    rows = textbook.as_rows(x)  # every token a row, (N·S, E)
+    hidden, _ = linear_forward({"weight": params["linear1.weight"]}, rows)  # x W₁ᵀ, (N·S, M)
+    bias = params["linear1.bias"]
 
-    def bias_relu(rows: slice) -> None:
-        block = flat[rows]  # a view: written in place
-        block += bias
-        np.maximum(block, 0, out=block)
+    def bias_relu(block: slice) -> None:
+        part = hidden[block]  # a view: written in place
+        part += bias
+        np.maximum(part, 0, out=part)
 
-    _run_blocks(bias_relu, _blocks(*flat.shape, flat.itemsize))
-    out = (
-        textbook.tokens_times(hidden, params["linear2.weight"].T) + params["linear2.bias"]
-    )  # (N, S, E)
-    return out, textbook.FeedForwardCache(x, hidden)
+    _run_blocks(bias_relu, _blocks(*hidden.shape, hidden.itemsize))
+    out, _ = linear_forward(textbook.sub_params(params, "linear2."), hidden)  # (N·S, E)
+    hidden = hidden.reshape(*x.shape[:-1], -1)  # (N, S, M)
+    return out.reshape(x.shape), textbook.FeedForwardCache(x, hidden)
 
 
 def feed_forward_backward_fast(params, d_out: np.ndarray, cache):
     """Equals :func:`refimpl.layers.transformer.feed_forward_backward` with ReLU."""
     x, hidden = cache
-    d_pre = textbook.tokens_times(d_out, params["linear2.weight"])  # d_hidden, then in place d_pre
-    flat, active = d_pre.reshape(-1, d_pre.shape[-1]), hidden.reshape(-1, hidden.shape[-1])
+    hidden_rows = textbook.as_rows(hidden)  # (N·S, M)
+    d_pre, d_linear2 = linear_backward(
+        textbook.sub_params(params, "linear2."), textbook.as_rows(d_out), hidden_rows
+    )  # d_hidden for now, (N·S, M)
 
-    def mask_and_sum(rows: slice) -> np.ndarray:
-        block = flat[rows]
-        block *= active[rows] > 0  # ReLU's derivative, read from its output (0 at 0)
-        return block.sum(axis=0)  # this block's share of linear1's bias gradient
+    def mask_and_sum(block: slice) -> np.ndarray:
+        part = d_pre[block]
+        part *= hidden_rows[block] > 0  # ReLU's derivative, read from its output (0 at 0)
+        return part.sum(axis=0)  # this block's share of linear1's bias gradient
 
-    partial_sums = _run_blocks(mask_and_sum, _blocks(*flat.shape, flat.itemsize))
-    return textbook.tokens_times(d_pre, params["linear1.weight"]), {  # (N, S, E)
-        "linear1.weight": textbook.token_outer(d_pre, x),
+    partial_sums = _run_blocks(mask_and_sum, _blocks(*d_pre.shape, d_pre.itemsize))
+    d_x, d_linear1 = linear_backward(
+        {"weight": params["linear1.weight"]}, d_pre, textbook.as_rows(x)
+    )  # (N·S, E)
+    return d_x.reshape(x.shape), {
+        "linear1.weight": d_linear1["weight"],
         "linear1.bias": np.sum(partial_sums, axis=0, dtype=d_pre.dtype),
-        "linear2.weight": textbook.token_outer(d_out, hidden),
-        "linear2.bias": textbook.sum_tokens(d_out),
+        "linear2.weight": d_linear2["weight"],
+        "linear2.bias": d_linear2["bias"],
     }
 
 

@@ -38,9 +38,10 @@ from refimpl.layers.base import (
     check_positive_int,
     linear_uniform,
 )
-from refimpl.layers.mlp import prefixed
+from refimpl.layers.mlp import linear_backward, linear_forward, prefixed, sub_params
 
 PAIRS = ("scalars", "features")
+DEEP_LINEAR = "deep_fm.dense_module.0."  # TorchRec's key prefix of the deep branch's Linear
 
 
 # --------------------------------------------------------------------------------- textbook
@@ -352,10 +353,9 @@ def fm_interaction_forward(params, embeddings, pairs: str = "scalars"):
 
     ``params`` keyed like TorchRec's: ``deep_fm.dense_module.0.weight`` (DI, N) and ``.bias``.
     """
-    relu = get_activation("relu")
     flat = flatten_embeddings(embeddings)  # x, (B, N)
-    weight, bias = params["deep_fm.dense_module.0.weight"], params["deep_fm.dense_module.0.bias"]
-    deep = relu.forward(flat @ weight.T + bias)  # (B, DI)
+    pre, _ = linear_forward(sub_params(params, DEEP_LINEAR), flat)  # x Wᵀ + b, (B, DI)
+    deep = get_activation("relu").forward(pre)  # (B, DI)
     if pairs == "scalars":
         fm, fm_cache = fm_scalar_pairs_forward(flat)  # (B, 1)
     else:
@@ -370,17 +370,14 @@ def fm_interaction_backward(params, d_out, cache: FMInteractionCache, pairs: str
     shapes, flat, deep, fm_cache = cache
     dim, width = shapes[0][1], deep.shape[1]
     d_pre = d_out[:, dim : dim + width] * get_activation("relu").derivative(deep)  # (B, DI)
-    weight = params["deep_fm.dense_module.0.weight"]
+    d_deep_input, d_linear = linear_backward(sub_params(params, DEEP_LINEAR), d_pre, flat)
     if pairs == "scalars":
         d_fm = fm_scalar_pairs_backward(d_out[:, dim + width :], fm_cache)  # (B, N)
     else:  # the stacked (B, F, D) features flatten in the order flatten_embeddings uses
         d_fm = fm_feature_pairs_backward(d_out[:, dim + width :], fm_cache).reshape(flat.shape)
-    d_embeddings = split_flat(d_pre @ weight + d_fm, shapes)  # both branches, per embedding
+    d_embeddings = split_flat(d_deep_input + d_fm, shapes)  # both branches, per embedding
     d_embeddings[0] = d_out[:, :dim] + d_embeddings[0]  # + the dense passthrough, (B, D)
-    return d_embeddings, {
-        "deep_fm.dense_module.0.weight": d_pre.T @ flat,  # (DI, N)
-        "deep_fm.dense_module.0.bias": d_pre.sum(axis=0),  # (DI,)
-    }
+    return d_embeddings, prefixed(DEEP_LINEAR[:-1], d_linear)  # W (DI, N), b (DI,)
 
 
 class FMInteractionArch(Layer):

@@ -36,7 +36,7 @@ from refimpl.layers.base import (
     linear_uniform,
     xavier_uniform,
 )
-from refimpl.layers.mlp import Linear, prefixed
+from refimpl.layers.mlp import Linear, linear_backward, linear_forward, prefixed, sub_params
 
 ATTEND_ACROSS = ("features", "batch")
 
@@ -44,30 +44,26 @@ ATTEND_ACROSS = ("features", "batch")
 # ------------------------------------------------------------------------- array helpers
 
 
-def sub_params(params, prefix: str) -> dict:
-    """The entries of ``params`` under ``prefix``, with the prefix taken off."""
-    return {k[len(prefix) :]: v for k, v in params.items() if k.startswith(prefix)}
-
-
-def tokens_times(x: np.ndarray, matrix: np.ndarray) -> np.ndarray:
-    """Every token (row of the last axis) times ``matrix``: (…, I) @ (I, O), one product."""
-    rows = x.reshape(-1, x.shape[-1])  # every token a row, (N·S, I)
-    return (rows @ matrix).reshape(*x.shape[:-1], matrix.shape[1])  # (…, O)
+def as_rows(x: np.ndarray) -> np.ndarray:
+    """Every token a row: (…, I) to (N·S, I)."""
+    return x.reshape(-1, x.shape[-1])
 
 
 def linear(x: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
-    """``x Wᵀ + b`` applied to every token: (…, I) to (…, O), as ``nn.Linear``."""
-    return tokens_times(x, weight.T) + bias  # (…, O)
+    """``x Wᵀ + b`` on every token, as ``nn.Linear``: (…, I) to (…, O), one matrix product."""
+    out, _ = linear_forward({"weight": weight, "bias": bias}, as_rows(x))  # (N·S, O)
+    return out.reshape(*x.shape[:-1], weight.shape[0])  # (…, O)
+
+
+def linear_tokens_backward(weight, bias, d_out, x):
+    """:func:`~refimpl.layers.mlp.linear_backward` over every token: ``(dx, dW, db)``."""
+    d_rows, grads = linear_backward({"weight": weight, "bias": bias}, as_rows(d_out), as_rows(x))
+    return d_rows.reshape(x.shape), grads["weight"], grads["bias"]
 
 
 def sum_tokens(a: np.ndarray) -> np.ndarray:
     """Σ over every axis but the last: a bias gradient, (…, O) to (O,)."""
     return a.reshape(-1, a.shape[-1]).sum(axis=0)
-
-
-def token_outer(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Σ over tokens of ``a_tokenᵀ b_token``: a weight gradient, (…, O) and (…, I) to (O, I)."""
-    return a.reshape(-1, a.shape[-1]).T @ b.reshape(-1, b.shape[-1])
 
 
 def split_heads(x: np.ndarray, num_heads: int) -> np.ndarray:
@@ -174,19 +170,23 @@ def attention_backward(params, d_out: np.ndarray, cache: AttentionCache):
     """``(d_x, d_params)`` for :func:`attention_forward`, each step undone in reverse."""
     x, q, k, v, probs, context = cache
     num_heads, head_dim = q.shape[1], q.shape[3]
-    d_context = tokens_times(d_out, params["out_proj.weight"])  # (N, S, E)
+    d_context, d_out_weight, d_out_bias = linear_tokens_backward(
+        params["out_proj.weight"], params["out_proj.bias"], d_out, context
+    )  # dc: (N, S, E)
     d_heads = split_heads(d_context, num_heads)  # d(P v), (N, H, S, h)
     d_probs = d_heads @ v.swapaxes(-1, -2)  # (N, H, S, S)
     d_v = probs.swapaxes(-1, -2) @ d_heads  # (N, H, S, h)
     d_scores = softmax_backward(probs, d_probs)  # (N, H, S, S)
     d_q, d_k = scores_backward(d_scores, q, k, attention_scale(head_dim, x.dtype))
     d_qkv = np.concatenate([merge_heads(d_q), merge_heads(d_k), merge_heads(d_v)], axis=-1)
-    d_x = tokens_times(d_qkv, params["in_proj_weight"])  # (N, S, E)
+    d_x, d_in_weight, d_in_bias = linear_tokens_backward(
+        params["in_proj_weight"], params["in_proj_bias"], d_qkv, x
+    )  # (N, S, E)
     return d_x, {
-        "in_proj_weight": token_outer(d_qkv, x),  # (3E, E)
-        "in_proj_bias": sum_tokens(d_qkv),  # (3E,)
-        "out_proj.weight": token_outer(d_out, context),  # (E, E)
-        "out_proj.bias": sum_tokens(d_out),  # (E,)
+        "in_proj_weight": d_in_weight,  # (3E, E)
+        "in_proj_bias": d_in_bias,  # (3E,)
+        "out_proj.weight": d_out_weight,  # (E, E)
+        "out_proj.bias": d_out_bias,  # (E,)
     }
 
 
@@ -210,13 +210,18 @@ def feed_forward(params, x: np.ndarray, activation: str = "relu"):
 def feed_forward_backward(params, d_out, cache: FeedForwardCache, activation: str = "relu"):
     """``(d_x, d_params)`` for :func:`feed_forward`; g' is read from g's output."""
     x, hidden = cache
-    d_hidden = tokens_times(d_out, params["linear2.weight"])  # (N, S, M)
+    d_hidden, d_weight2, d_bias2 = linear_tokens_backward(
+        params["linear2.weight"], params["linear2.bias"], d_out, hidden
+    )  # (N, S, M)
     d_pre = d_hidden * get_activation(activation).derivative(hidden)  # (N, S, M)
-    return tokens_times(d_pre, params["linear1.weight"]), {  # (N, S, E)
-        "linear1.weight": token_outer(d_pre, x),  # (M, E)
-        "linear1.bias": sum_tokens(d_pre),  # (M,)
-        "linear2.weight": token_outer(d_out, hidden),  # (E, M)
-        "linear2.bias": sum_tokens(d_out),  # (E,)
+    d_x, d_weight1, d_bias1 = linear_tokens_backward(
+        params["linear1.weight"], params["linear1.bias"], d_pre, x
+    )  # (N, S, E)
+    return d_x, {
+        "linear1.weight": d_weight1,  # (M, E)
+        "linear1.bias": d_bias1,  # (M,)
+        "linear2.weight": d_weight2,  # (E, M)
+        "linear2.bias": d_bias2,  # (E,)
     }
 
 
