@@ -9,7 +9,7 @@ torch = pytest.importorskip("torch")
 deepfm_modules = pytest.importorskip("torchrec.modules.deepfm")
 
 import refimpl  # noqa: E402
-from refimpl.layers import fm as fm_module  # noqa: E402
+from refimpl.fast import fm as fast_fm  # noqa: E402
 from refimpl.tools.check import run_check  # noqa: E402
 from refimpl.tools.check.cases import fm as cases  # noqa: E402
 from refimpl.tools.parity import compare_with_torch  # noqa: E402
