@@ -36,6 +36,7 @@ from refimpl.layers.transformer import (
 )
 from refimpl.models.dlrm import DLRM, DLRM_DCN, DLRM_Projection
 from refimpl.tools.gradcheck import GradCheckResult, draw_away_from_kinks, gradcheck, rel_error
+from refimpl.train import metrics, optim  # refimpl.optim.Adam, refimpl.metrics.auc, …
 
 __all__ = [
     "ACTIVATIONS",
@@ -73,6 +74,8 @@ __all__ = [
     "draw_away_from_kinks",
     "get_activation",
     "gradcheck",
+    "metrics",
+    "optim",
     "pair_indices",
     "rel_error",
 ]
