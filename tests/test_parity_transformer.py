@@ -29,6 +29,7 @@ def test_matches_torch(check):
 
 
 def _torchrec_arch(features, dim, nhead, layers):
+    torch.manual_seed(0)  # torch's own initialisation, made repeatable
     with warnings.catch_warnings():  # its hint that batch_first=True would be faster
         warnings.simplefilter("ignore", UserWarning)
         return transformerdlrm.InteractionTransformerArch(features, dim, nhead, layers)
