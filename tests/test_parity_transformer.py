@@ -53,7 +53,7 @@ def test_torchrec_transformer_arch_leaks_across_the_batch_in_eval_mode(rng):
         before = module(torch.tensor(dense), torch.tensor(sparse)).numpy()
         after = module(torch.tensor(changed), torch.tensor(sparse)).numpy()
     leak = np.abs(after[0] - before[0]).max()
-    assert leak > 0.05
+    assert leak > 0.01  # 0.06 here; per-sample attention moves by exactly 0
     ours = refimpl.InteractionTransformerArch(3, 8, 2, 2, attend_across="batch")
     load_from_torch(ours, module)
     np.testing.assert_allclose(
