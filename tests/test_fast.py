@@ -3,7 +3,8 @@
 The dot interaction reads its pairs from ``C Sᵀ`` and gathers ``G + Gᵀ`` in one array;
 ``dot_interaction`` and ``dot_interaction_backward`` are ``Z = C Cᵀ`` and ``dC = (G + Gᵀ) C``
 as written in the docstring. The mixture never forms its K crosses; ``mixture_forward`` and
-``mixture_backward`` do. They must agree in every option and dtype.
+``mixture_backward`` do. VectorCrossNet never forms its x_l; ``vector_crossnet_forward`` and
+``vector_crossnet_backward`` do. They must agree in every option and dtype.
 """
 
 import numpy as np
@@ -11,7 +12,12 @@ import pytest
 
 import refimpl
 from refimpl.fast.threads import SPLIT_MIN_WORK, matmul_threads, stacked_matmul
-from refimpl.layers.crossnet import mixture_backward, mixture_forward
+from refimpl.layers.crossnet import (
+    mixture_backward,
+    mixture_forward,
+    vector_crossnet_backward,
+    vector_crossnet_forward,
+)
 from refimpl.layers.dot import InteractionArch, dot_interaction, dot_interaction_backward
 
 TOL = {np.float64: 1e-12, np.float32: 1e-5}
@@ -113,3 +119,38 @@ def test_fast_mixture_equals_textbook_form(rng, dtype, num_experts, low_rank, ac
     for key, value in d_params.items():
         np.testing.assert_allclose(value, plain_d_params[key], rtol=tol, atol=tol, err_msg=key)
         assert value.dtype == dtype and value.shape == net.params[key].shape
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize(
+    ("batch", "width", "num_layers"), [(5, 7, 1), (4, 9, 3), (3, 6, 5), (0, 4, 2)]
+)
+def test_fast_vector_crossnet_equals_textbook_form(rng, dtype, batch, width, num_layers):
+    # The fast form never builds x_l = a_l x̂ + β_l: nonzero biases make β_l matter.
+    net = refimpl.VectorCrossNet(width, num_layers, seed=rng, dtype=dtype)
+    for key, value in net.params.items():
+        if key.startswith("bias."):
+            value[...] = 0.5 * rng.standard_normal(value.shape)
+    x = rng.standard_normal((batch, width)).astype(dtype)  # (B, N)
+    out, cache = net.forward(x)
+    plain_out, plain_cache = vector_crossnet_forward(net.params, x)
+    tol = TOL[dtype]
+    np.testing.assert_allclose(out, plain_out, rtol=tol, atol=tol)
+    d_out = rng.standard_normal(out.shape).astype(dtype)
+    d_x, d_params = net.backward(d_out, cache)
+    plain_d_x, plain_d_params = vector_crossnet_backward(net.params, d_out, plain_cache)
+    np.testing.assert_allclose(d_x, plain_d_x, rtol=tol, atol=tol)
+    assert list(d_params) == list(plain_d_params) == list(net.params)
+    for key, value in d_params.items():
+        np.testing.assert_allclose(value, plain_d_params[key], rtol=tol, atol=tol, err_msg=key)
+        assert value.dtype == dtype and value.shape == net.params[key].shape
+    assert out.dtype == d_x.dtype == dtype
+
+
+def test_fast_vector_crossnet_keeps_no_layer_state(rng):
+    # The cache is x̂ itself and two (B, L) arrays, never an (L, B, N) stack.
+    net = refimpl.VectorCrossNet(6, 4, seed=rng)
+    x = rng.standard_normal((3, 6))
+    _, cache = net.forward(x)
+    assert cache.x_hat is x
+    assert cache.scores.shape == cache.projections.shape == (3, 4)
