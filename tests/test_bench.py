@@ -128,6 +128,19 @@ def test_a_worker_is_stopped_except_while_it_answers(tmp_path):
     assert worker.proc.returncode == 0
 
 
+def test_a_worker_that_dies_answers_with_an_error(tmp_path):
+    worker = WorkerProcess("NumPy GEMM", threads=1, log_dir=tmp_path)
+    try:
+        worker.proc.kill()
+        worker.proc.wait()
+        reply = worker.request("run", warmup=0, repeats=1)
+        assert reply["ok"] is False and "stopped answering" in reply["status"]
+        assert worker.alive is False
+        assert worker.request("drop")["ok"] is False  # and keeps doing so
+    finally:
+        worker.close()
+
+
 class _Recorder:
     """A stand-in worker that records the order it is asked to run in."""
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import refimpl
-from refimpl.fast.threads import SPLIT_MIN_WORK, matmul_threads, stacked_matmul
+from refimpl.fast.threads import SPLIT_MIN_WORK, batch_slices, num_threads, on_batch_slices
 from refimpl.layers.crossnet import (
     mixture_backward,
     mixture_forward,
@@ -57,26 +57,45 @@ def test_diagonal_pair_of_the_dense_vector_is_filled_in(rng):
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
-def test_stacked_matmul_is_a_matmul(rng, threads):
-    a = rng.standard_normal((61, 27, 128))  # 61·27·128·26 multiply-adds: above SPLIT_MIN_WORK
-    b = rng.standard_normal((61, 26, 128)).transpose(0, 2, 1)
-    assert a.shape[0] * 27 * 128 * 26 >= SPLIT_MIN_WORK
-    np.testing.assert_array_equal(stacked_matmul(a, b, threads), a @ b)
-    small = rng.standard_normal((2, 3, 4))
-    np.testing.assert_array_equal(
-        stacked_matmul(small, small.transpose(0, 2, 1), threads), small @ small.transpose(0, 2, 1)
-    )
+def test_batch_slices_cover_the_batch_once(threads):
+    for batch in (0, 1, 2, 7, 64):
+        covered = np.concatenate([np.arange(batch)[s] for s in batch_slices(batch, threads)])
+        np.testing.assert_array_equal(covered, np.arange(batch))
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_work_on_batch_slices_runs_on_threads_only_when_it_pays(threads):
+    seen = []
+
+    def record(rows):
+        seen.append(rows)
+
+    on_batch_slices(record, 61, SPLIT_MIN_WORK, threads)
+    assert seen == batch_slices(61, threads)
+    seen.clear()
+    on_batch_slices(record, 61, 1, threads)  # too little work: one call
+    assert seen == [slice(0, 61)]
+
+
+def test_an_error_in_a_thread_is_raised():
+    def fail(rows):
+        raise ValueError(f"rows {rows.start}")
+
+    with pytest.raises(ValueError, match="rows"):
+        on_batch_slices(fail, 8, SPLIT_MIN_WORK, threads=2)
 
 
 def test_threads_follow_omp_num_threads(monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
-    assert matmul_threads() == 3
+    assert num_threads() == 3
     monkeypatch.delenv("OMP_NUM_THREADS")
-    assert matmul_threads() >= 1
+    assert num_threads() >= 1
 
 
-def test_fast_layer_equals_plain_form_when_the_stack_is_split(rng):
-    arch = InteractionArch(26)
+@pytest.mark.parametrize("self_interaction", [False, True])
+def test_fast_layer_equals_plain_form_when_the_batch_is_split(rng, monkeypatch, self_interaction):
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")  # 48 samples at F=26, D=128: enough to split
+    arch = InteractionArch(26, self_interaction=self_interaction)
     dense, sparse = rng.standard_normal((48, 128)), rng.standard_normal((48, 26, 128))
     out, cache = arch.forward(dense, sparse)
     plain_out, combined = dot_interaction(dense, sparse, arch.rows, arch.cols)

@@ -37,7 +37,12 @@ class WorkerError(RuntimeError):
 
 
 class WorkerProcess:
-    """One contender in its own process, stopped except while it answers a request."""
+    """One contender in its own process, stopped except while it answers a request.
+
+    A worker that dies (a crash, or the kernel's out-of-memory killer) answers every request
+    from then on with an error reply, and ``alive`` turns False, so the harness can start a
+    new one for the next row.
+    """
 
     def __init__(self, contender: str, threads: int, log_dir: Path):
         self.contender = contender
@@ -53,6 +58,7 @@ class WorkerProcess:
             bufsize=1,
         )
         self._stopped = False
+        self.alive = True
         self.hello = self._read()  # the imports run now, while nothing is being timed
         self._stop()
         if not self.hello.get("ok"):
@@ -60,13 +66,19 @@ class WorkerProcess:
 
     def request(self, op: str, **fields) -> dict:
         """Send one request and wait for the reply; the worker runs only meanwhile."""
+        if not self.alive:
+            return {"ok": False, "status": f"error: the {self.contender} worker died"}
         self._resume()
         try:
-            self.proc.stdin.write(json.dumps({"op": op, **fields}) + "\n")
-            self.proc.stdin.flush()
-        except BrokenPipeError as exc:
-            raise WorkerError(self._died()) from exc
-        reply = self._read()
+            try:
+                self.proc.stdin.write(json.dumps({"op": op, **fields}) + "\n")
+                self.proc.stdin.flush()
+            except BrokenPipeError as exc:
+                raise WorkerError(self._died()) from exc
+            reply = self._read()
+        except WorkerError as exc:
+            self.alive = False
+            return {"ok": False, "status": "error: " + str(exc).replace("\n", " | ")}
         self._stop()
         return reply
 
@@ -88,9 +100,9 @@ class WorkerProcess:
             self._stopped = True
 
     def _resume(self) -> None:
-        if self._stopped:
+        if self._stopped and self.proc.poll() is None:
             os.kill(self.proc.pid, signal.SIGCONT)
-            self._stopped = False
+        self._stopped = False
 
     def close(self) -> None:
         if self.proc.poll() is None:
@@ -209,10 +221,18 @@ class Bench:
         reply = self.workers["NumPy GEMM"].request("bandwidth", nbytes=nbytes)
         return reply["rates"] if reply["ok"] else {"copy": float("nan"), "read": float("nan")}
 
+    def _restart_dead(self) -> None:
+        for name, worker in list(self.workers.items()):
+            if not worker.alive:
+                worker.close()
+                self.progress(f"restarting the {name} worker")
+                self.workers[name] = WorkerProcess(name, self.threads, self.dir)
+
     def measure_case(
         self, case: Case, sizes: Sizes, dtype: str, rounds: int, warmup: int, repeats: int
     ) -> Result:
         """One row: refimpl prepares the data, the others load it, then the rounds."""
+        self._restart_dead()
         result = Result(case.name, case.config(sizes), dtype, target=case.target)
         request = {"case": case.label(sizes), "sizes": sizes.to_json(), "dtype": dtype}
         data = self.dir / "case.npz"
@@ -265,6 +285,7 @@ def run_bench(
 ) -> BenchReport:
     """Measure every case in every dtype: the report the command prints."""
     start = time.perf_counter()
+    machine = machine_info()
     threads = threads or usable_cores()
     settings = {
         "B": str(sizes.batch),
@@ -296,5 +317,5 @@ def run_bench(
                     result.bandwidth = bandwidth[dtype]["copy"]
                 results.append(result)
     return BenchReport(
-        sizes, results, peaks, bandwidth, machine_info(), settings, time.perf_counter() - start
+        sizes, results, peaks, bandwidth, machine, settings, time.perf_counter() - start
     )

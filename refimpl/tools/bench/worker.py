@@ -94,9 +94,9 @@ class Contender:
 
 class RefimplContender(Contender):
     def hello(self):
-        from refimpl.fast.threads import matmul_threads
+        from refimpl.fast.threads import num_threads
 
-        return {"ok": True, "threads": {**numpy_blas(), "refimpl threads": str(matmul_threads())}}
+        return {"ok": True, "threads": {**numpy_blas(), "refimpl threads": str(num_threads())}}
 
     def prepare(self, request):
         case, sizes, dtype = _case(request)
