@@ -16,24 +16,42 @@ from refimpl.layers.crossnet import (
 )
 from refimpl.layers.dcn import InteractionDCNArch
 from refimpl.layers.dot import InteractionArch, pair_indices
+from refimpl.layers.embedding import (
+    EmbeddingBagCollection,
+    EmbeddingBagConfig,
+    KeyedJaggedArray,
+    SparseArch,
+)
+from refimpl.layers.loss import BCEWithLogitsLoss
 from refimpl.layers.mlp import MLP, DenseArch, Linear, OverArch
 from refimpl.layers.projection import InteractionProjectionArch
+from refimpl.layers.rowsparse import RowSparse
+from refimpl.models.dlrm import DLRM, DLRM_DCN, DLRM_Projection
 from refimpl.tools.gradcheck import GradCheckResult, draw_away_from_kinks, gradcheck, rel_error
 
 __all__ = [
     "ACTIVATIONS",
+    "DLRM",
+    "DLRM_DCN",
     "MLP",
+    "BCEWithLogitsLoss",
     "CrossNet",
+    "DLRM_Projection",
     "DenseArch",
+    "EmbeddingBagCollection",
+    "EmbeddingBagConfig",
     "GradCheckResult",
     "InteractionArch",
     "InteractionDCNArch",
     "InteractionProjectionArch",
+    "KeyedJaggedArray",
     "Layer",
     "Linear",
     "LowRankCrossNet",
     "LowRankMixtureCrossNet",
     "OverArch",
+    "RowSparse",
+    "SparseArch",
     "VectorCrossNet",
     "draw_away_from_kinks",
     "get_activation",

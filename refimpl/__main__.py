@@ -1,8 +1,12 @@
-"""``python -m refimpl check`` (every gradient witness, as a table)."""
+"""``python -m refimpl check`` (every gradient witness, as a table), ``bench``, ``data``."""
 
 import sys
 
-COMMANDS = {"check": "refimpl.tools.check", "bench": "refimpl.tools.bench"}
+COMMANDS = {
+    "check": "refimpl.tools.check",
+    "bench": "refimpl.tools.bench",
+    "data": "refimpl.data.cli",
+}
 
 
 def main(argv: list[str]) -> int:

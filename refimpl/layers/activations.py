@@ -7,7 +7,7 @@ rule. Adding an activation touches this file only.
 
 The textbook forward and backward of every layer run unchanged on object arrays of SymPy
 expressions or exact rationals; that is how ``derivations/`` proves them. NumPy's ufuncs do
-not know SymPy, so an activation's ``forward`` (and :func:`exp`, :func:`log1p`,
+not know SymPy, so an activation's ``forward`` (and :func:`exp`, :func:`log1p`, :func:`softplus`,
 :func:`sqrt`, :func:`softmax` below) applies the symbolic rule entry by entry when it meets an
 object array. SymPy is imported only then: the layers need NumPy alone.
 
@@ -177,6 +177,22 @@ def exp(z: np.ndarray) -> np.ndarray:
 def log1p(z: np.ndarray) -> np.ndarray:
     """``log(1 + z)`` on float or exact arrays."""
     return entrywise(lambda v: _sympy().log(1 + v), z) if is_exact(z) else np.log1p(z)
+
+
+def softplus(z: np.ndarray) -> np.ndarray:
+    """``log(1 + e^z)`` on float or exact arrays.
+
+    On floats it is evaluated as ``max(z, 0) + log1p(e^(−|z|))``: the same number, since
+    ``log(1 + e^z) = z + log(1 + e^(−z))``, but ``exp`` only ever sees a non-positive
+    argument, so nothing overflows at ``z = 10⁴`` and nothing rounds to ``log(0)`` at
+    ``z = −10⁴``.
+
+    >>> softplus(np.array([-1e4, 0.0, 1e4]))
+    array([0.00000000e+00, 6.93147181e-01, 1.00000000e+04])
+    """
+    if is_exact(z):
+        return entrywise(lambda v: _sympy().log(1 + _sympy().exp(v)), z)
+    return np.maximum(z, 0) + np.log1p(np.exp(-np.abs(z)))
 
 
 def sqrt(z: np.ndarray) -> np.ndarray:

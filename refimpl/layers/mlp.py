@@ -521,3 +521,73 @@ class OverArch(Layer):
 
     def kink_distance(self, features: np.ndarray) -> float:
         return self.mlp.kink_distance(features)  # the logits Linear has no kink
+
+
+# ------------------------------------------------------------------ textbook forms (exact too)
+
+
+def linear_forward(params, x):
+    """``y = x Wᵀ + b`` over ``params`` ``{"weight": (O, I), "bias": (O,) (optional)}``.
+
+    The textbook form of :class:`Linear`, on float and exact object arrays alike; returns
+    ``(y, cache)`` with the cache the input.
+
+    >>> linear_forward({"weight": np.array([[2.0, -1.0]]), "bias": np.array([0.5])},
+    ...                np.array([[1.0, 3.0]]))[0]
+    array([[-0.5]])
+    """
+    out = x @ params["weight"].T  # (B, O)
+    if "bias" in params:
+        out = out + params["bias"]  # (B, O)
+    return out, x
+
+
+def linear_backward(params, d_out, x):
+    """``(dx, d_params)`` of :func:`linear_forward`: ``dx = G W``, ``dW = Gᵀ x``, ``db = Σ_b G``."""
+    d_params = {"weight": d_out.T @ x}  # (O, I)
+    if "bias" in params:
+        d_params["bias"] = d_out.sum(axis=0)  # (O,)
+    return d_out @ params["weight"], d_params  # (B, I)
+
+
+def sub_params(params, prefix: str) -> dict:
+    """The entries of ``params`` under ``prefix``, the prefix removed (a child's own keys)."""
+    return {k[len(prefix) :]: v for k, v in params.items() if k.startswith(prefix)}
+
+
+def mlp_forward(params, x, activation: str = "relu", activation_on_last: bool = True):
+    """The textbook form of :class:`MLP` over ``params`` keyed ``_mlp.i._linear.*``.
+
+    ``x_{i+1} = g(x_i W_iᵀ + b_i)``; returns ``(x_L, cache)``, the cache every layer's input
+    and the output (``g'`` is read from the outputs).
+
+    >>> params = {"_mlp.0._linear.weight": np.array([[1.0, -1.0]]),
+    ...           "_mlp.0._linear.bias": np.array([0.0])}
+    >>> mlp_forward(params, np.array([[3.0, 1.0], [1.0, 3.0]]))[0]
+    array([[2.],
+           [0.]])
+    """
+    layers = sum(k.endswith("._linear.weight") for k in params)
+    acts = [get_activation(activation)] * layers
+    if not activation_on_last:
+        acts[-1] = get_activation("identity")
+    inputs = []
+    for i in range(layers):
+        inputs.append(x)
+        z, _ = linear_forward(sub_params(params, f"_mlp.{i}._linear."), x)  # z_i, (B, O_i)
+        x = acts[i].forward(z)  # x_{i+1}, (B, O_i)
+    return x, (tuple(inputs), x, tuple(acts))
+
+
+def mlp_backward(params, d_out, cache):
+    """``(d_input, d_params)`` of :func:`mlp_forward`, layer by layer from the last:
+    ``dz_i = dx_{i+1} ⊙ g'(z_i)``, then :func:`linear_backward`."""
+    inputs, output, acts = cache
+    activated = (*inputs[1:], output)  # g(z_i) of each layer
+    d_params = {}
+    dx = d_out
+    for i in reversed(range(len(inputs))):
+        dz = dx * acts[i].derivative(activated[i])  # (B, O_i)
+        dx, d_linear = linear_backward(sub_params(params, f"_mlp.{i}._linear."), dz, inputs[i])
+        d_params.update(prefixed(f"_mlp.{i}._linear", d_linear))
+    return dx, {k: d_params[k] for k in params}

@@ -12,7 +12,7 @@ from typing import NamedTuple
 import numpy as np
 
 from refimpl.layers.base import Layer, check_array, check_positive_int, combine_features
-from refimpl.layers.mlp import prefixed
+from refimpl.layers.mlp import mlp_backward, mlp_forward, prefixed, sub_params
 
 BRANCHES = ("interaction_branch1", "interaction_branch2")
 
@@ -242,3 +242,41 @@ class InteractionProjectionArch(Layer):
             self.interaction_branch1.kink_distance(flat),
             self.interaction_branch2.kink_distance(flat),
         )
+
+
+def projection_forward(params, dense, sparse):
+    """The textbook form of :class:`InteractionProjectionArch` with DenseArch branches (keys
+    ``interaction_branch{1,2}.model._mlp.i._linear.*``), on float and exact arrays alike.
+
+    Returns ``(out, cache)``, out (B, D + F1·F2).
+    """
+    batch, dim = dense.shape
+    combined = np.concatenate([dense[:, None, :], sparse], axis=1)  # C, (B, F+1, D)
+    flat = combined.reshape(batch, -1)  # c, (B, N)
+    y_flat, cache1 = mlp_forward(sub_params(params, "interaction_branch1.model."), flat)
+    z_flat, cache2 = mlp_forward(sub_params(params, "interaction_branch2.model."), flat)
+    y = y_flat.reshape(batch, -1, dim)  # Y, (B, F1, D)
+    z = z_flat.reshape(batch, dim, -1)  # Z, (B, D, F2): a reshape, not a transpose
+    interactions = y @ z  # I, (B, F1, F2)
+    out = np.concatenate([dense, interactions.reshape(batch, -1)], axis=1)  # (B, D + F1·F2)
+    return out, (y, z, cache1, cache2)
+
+
+def projection_backward(params, d_out, cache):
+    """``(d_dense, d_sparse, d_params)`` of :func:`projection_forward`: ``dY = dI Zᵀ``,
+    ``dZ = Yᵀ dI``, each branch's backward, their sum for ``dc``, then the passthrough."""
+    y, z, cache1, cache2 = cache
+    batch, f1, dim = y.shape
+    d_interactions = d_out[:, dim:].reshape(batch, f1, -1)  # dI, (B, F1, F2)
+    dy = d_interactions @ z.transpose(0, 2, 1)  # (B, F1, D)
+    dz = y.transpose(0, 2, 1) @ d_interactions  # (B, D, F2)
+    params1 = sub_params(params, "interaction_branch1.model.")
+    params2 = sub_params(params, "interaction_branch2.model.")
+    d_flat1, d_params1 = mlp_backward(params1, dy.reshape(batch, -1), cache1)
+    d_flat2, d_params2 = mlp_backward(params2, dz.reshape(batch, -1), cache2)
+    d_combined = (d_flat1 + d_flat2).reshape(batch, -1, dim)  # dC, (B, F+1, D)
+    d_params = {
+        **prefixed("interaction_branch1.model", d_params1),
+        **prefixed("interaction_branch2.model", d_params2),
+    }
+    return d_out[:, :dim] + d_combined[:, 0], d_combined[:, 1:], d_params

@@ -64,17 +64,24 @@ class RowSparse:
     def from_rows(cls, ids: np.ndarray, rows: np.ndarray, num_rows: int) -> RowSparse:
         """Sum gradient ``rows`` (M, D) that belong to table rows ``ids`` (M,), repeats added.
 
-        Sorts the ids once and adds each run of equal ids with one ``np.add.reduceat``: time
-        O(M log M), memory O(M·D), whatever ``num_rows``.
+        Sorts the ids once, takes each distinct id's first row and adds the repeats onto it
+        with ``np.add.at``: time O(M log M), memory O(M·D), whatever ``num_rows``. (Summing
+        every run with ``np.add.reduceat`` costs about a microsecond per run, three times
+        slower when most ids are distinct, as in a batch drawn from a large table.) Runs on
+        float and exact object arrays alike.
         """
         ids = np.asarray(ids)
         if len(ids) == 0:
             return cls(np.zeros(0, np.int64), rows[:0], num_rows)
         order = np.argsort(ids, kind="stable")
         sorted_ids = ids[order]
-        starts = np.flatnonzero(np.r_[True, sorted_ids[1:] != sorted_ids[:-1]])  # run starts
-        values = np.add.reduceat(rows[order], starts, axis=0)  # (U, D)
-        return cls(sorted_ids[starts].astype(np.int64), values, num_rows)
+        first = np.concatenate([[True], sorted_ids[1:] != sorted_ids[:-1]])  # a run starts
+        values = rows[order[first]]  # each distinct id's first row, a new (U, D) array
+        repeats = ~first
+        if repeats.any():
+            run = np.cumsum(first) - 1  # the distinct id of each sorted position, (M,)
+            np.add.at(values, run[repeats], rows[order[repeats]])
+        return cls(sorted_ids[first].astype(np.int64), values, num_rows)
 
     @property
     def shape(self) -> tuple[int, int]:

@@ -32,6 +32,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from refimpl.layers.base import Layer, as_rng
+from refimpl.layers.embedding import KeyedJaggedArray
+from refimpl.layers.rowsparse import RowSparse
 
 DEFAULT_STEP = 1e-3
 DEFAULT_TOL = 1e-7
@@ -121,11 +123,29 @@ def numerical_gradient(
     >>> np.round(numerical_gradient(lambda: x**3, x, upstream=np.array([1.0, 0.5])), 9)
     array([3., 6.])
     """
+    grad = np.zeros_like(array, dtype=np.float64)
+    grad.reshape(-1)[:] = numerical_gradient_at(
+        func, array, np.arange(array.size), step, points, upstream
+    )
+    return grad
+
+
+def numerical_gradient_at(
+    func, array: np.ndarray, elements, step: float = DEFAULT_STEP, points: int = 4, upstream=None
+) -> np.ndarray:
+    """:func:`numerical_gradient` at the flat indices ``elements`` of ``array`` only, shape
+    (len(elements),): how an embedding table of millions of rows is checked on a few rows.
+
+    >>> x = np.array([1.0, -2.0, 3.0])
+    >>> np.round(numerical_gradient_at(lambda: float(np.sum(x**3)), x, [2]), 9)
+    array([27.])
+    """
     if points not in (2, 4):
         raise ValueError(f"points: expected 2 or 4, got {points!r}")
     weights = 1.0 if upstream is None else upstream
-    grad = np.zeros_like(array, dtype=np.float64)
-    if array.size == 0:
+    elements = np.asarray(elements, dtype=np.int64)
+    grad = np.zeros(len(elements), dtype=np.float64)
+    if len(elements) == 0:
         return grad
     flat = array.reshape(-1)  # a view: writes reach `array`
     if not np.shares_memory(flat, array):
@@ -135,14 +155,14 @@ def numerical_gradient(
         flat[i] = saved + offset * step
         return np.array(func(), dtype=np.float64)  # a copy: an output may alias the input
 
-    for i in range(flat.size):
+    for k, i in enumerate(elements.tolist()):
         saved = flat[i]
         if points == 2:
             change = (at(1) - at(-1)) / (2 * step)
         else:
             change = ((at(-2) - at(2)) + 8 * (at(1) - at(-1))) / (12 * step)
         flat[i] = saved
-        grad.reshape(-1)[i] = np.sum(weights * change)
+        grad[k] = np.sum(weights * change)
     return grad
 
 
@@ -155,6 +175,7 @@ def gradcheck(
     tol: float = DEFAULT_TOL,
     points: int = 4,
     kink_margin: float | None = None,
+    untouched_rows: int = 8,
 ) -> GradCheckResult:
     """Compare ``layer.backward`` with central differences for every input and parameter.
 
@@ -162,9 +183,11 @@ def gradcheck(
     ----------
     layer : Layer
         Any layer keeping the contract (``forward``/``backward``/``params``), in float64.
-    inputs : tuple of float64 ndarray
+    inputs : tuple of float64 ndarray or KeyedJaggedArray
         The forward inputs. They are copied; the layer's parameters are perturbed in place and
-        restored exactly.
+        restored exactly. An input whose gradient ``backward`` returns as None is data (ids,
+        labels) and is not differentiated; a KeyedJaggedArray's gradient, when there is one,
+        is its per-id weights', checked like an array.
     seed : int or Generator
         Draws the upstream gradient ``G`` (standard normal, shaped like the output).
     step : float
@@ -178,12 +201,18 @@ def gradcheck(
         ``10 * step``, enough for the stencil's reach of 2h times a sensitivity of up to 5): a
         difference that straddles a kink averages two one-sided slopes, which is not the
         derivative, and would fail a correct backward.
+    untouched_rows : int
+        For a parameter whose gradient is a :class:`~refimpl.layers.rowsparse.RowSparse` (an
+        embedding table), every element of the rows it holds is checked, plus every element
+        of up to this many rows drawn from the others, where both the gradient and the
+        finite difference must be exactly zero (a row no id names is never read). The rest
+        of the table is never visited, so a table of 10⁷ rows costs no more than a small one.
 
     Returns
     -------
     GradCheckResult
     """
-    inputs = tuple(np.array(x, dtype=np.float64, copy=True) for x in inputs)
+    inputs = tuple(_copy_input(x) for x in inputs)
     params = layer.params
     for name, value in params.items():
         if value.dtype != np.float64:
@@ -200,8 +229,9 @@ def gradcheck(
             "(from refimpl.tools.gradcheck import draw_away_from_kinks)"
         )
 
+    rng = as_rng(seed)
     out, cache = layer.forward(*inputs)
-    upstream = as_rng(seed).standard_normal(out.shape)  # G = dL/d out
+    upstream = rng.standard_normal(out.shape)  # G = dL/d out
     *d_inputs, d_params = layer.backward(upstream, cache)
     if len(d_inputs) != len(inputs):
         raise ValueError(
@@ -218,16 +248,73 @@ def gradcheck(
 
     names = getattr(layer, "input_names", None) or [f"input {i}" for i in range(len(inputs))]
     checks = []
-    targets = [(n, x, d) for n, x, d in zip(names, inputs, d_inputs, strict=True)]
+    targets = []
+    for name, x, d in zip(names, inputs, d_inputs, strict=True):
+        if d is None:  # data, not differentiated: ids, labels
+            continue
+        if isinstance(x, KeyedJaggedArray):
+            name, x = f"{name}.weights", x.weights
+        targets.append((name, x, d))
     targets += [(k, params[k], d_params[k]) for k in params]
     for name, array, analytic in targets:
-        if analytic.shape != array.shape:
+        if analytic is None or analytic.shape != array.shape:
             raise ValueError(
-                f"gradcheck: gradient of {name} has shape {analytic.shape}, expected {array.shape}"
+                f"gradcheck: gradient of {name} has shape "
+                f"{None if analytic is None else analytic.shape}, expected {array.shape}"
             )
+        if isinstance(analytic, RowSparse):
+            checks.append(
+                _check_row_sparse(
+                    name, array, analytic, output, rng, untouched_rows, step, points, upstream
+                )
+            )
+            continue
         numeric = numerical_gradient(output, array, step, points, upstream)
         checks.append(_compare(name, np.asarray(analytic, dtype=np.float64), numeric))
     return GradCheckResult(tuple(checks), tol=tol, step=step)
+
+
+def _copy_input(x):
+    if isinstance(x, KeyedJaggedArray):
+        weights = None if x.weights is None else np.array(x.weights, dtype=np.float64)
+        return KeyedJaggedArray(x.keys, x.values.copy(), x.lengths.copy(), weights)
+    return np.array(x, dtype=np.float64, copy=True)
+
+
+def _check_row_sparse(name, table, analytic, output, rng, untouched_rows, step, points, upstream):
+    """Check a row-sparse gradient on its rows and on a sample of the rows it leaves zero."""
+    num_rows, dim = table.shape
+    touched = analytic.indices
+    candidates = rng.integers(0, num_rows, size=4 * untouched_rows + 16)  # rejection sample
+    untouched = np.unique(candidates[~np.isin(candidates, touched)])
+    untouched = rng.permutation(untouched)[:untouched_rows]
+    if len(untouched) < untouched_rows and num_rows - len(touched) <= 4 * untouched_rows:
+        untouched = np.setdiff1d(np.arange(num_rows), touched)[:untouched_rows]  # small table
+    rows = np.concatenate([touched, np.sort(untouched)])
+    elements = (rows[:, None] * dim + np.arange(dim)).reshape(-1)
+    numeric = numerical_gradient_at(output, table, elements, step, points, upstream)
+    numeric = numeric.reshape(len(rows), dim)
+    expected = np.concatenate([analytic.values, np.zeros((len(untouched), dim))])
+    check = _compare(f"{name} ({len(touched)}+{len(untouched)} rows)", expected, numeric)
+    if np.any(numeric[len(touched) :] != 0):  # a row no id names must not move the output
+        at = np.argwhere(numeric[len(touched) :] != 0)[0]
+        row = int(untouched[at[0]])
+        return ArrayCheck(
+            check.name,
+            float("inf"),
+            (row, int(at[1])),
+            0.0,
+            float(numeric[len(touched) + at[0], at[1]]),
+        )
+    if check.index:  # report the table's row, not the position in the checked rows
+        check = ArrayCheck(
+            check.name,
+            check.rel_error,
+            (int(rows[check.index[0]]), check.index[1]),
+            check.analytic,
+            check.numeric,
+        )
+    return check
 
 
 def _compare(name: str, analytic: np.ndarray, numeric: np.ndarray) -> ArrayCheck:

@@ -200,3 +200,106 @@ def projection_loop(dense: np.ndarray, sparse: np.ndarray, branch1, branch2) -> 
                     values.append(total)
         out.append(values)
     return np.array(out, dtype=dense.dtype)
+
+
+def embedding_bag_loop(weight, ids, lengths, per_id_weights=None, pooling="sum") -> np.ndarray:
+    """One embedding bag written as plain loops: bag by bag, id by id, element by element.
+
+    >>> weight = np.array([[1.0, 0.0], [0.0, 1.0], [2.0, 2.0]])
+    >>> embedding_bag_loop(weight, [0, 2, 0], [3, 0], pooling="mean")
+    array([[1.33333333, 0.66666667],
+           [0.        , 0.        ]])
+    """
+    dim = weight.shape[1]
+    out, position = [], 0
+    for length in lengths:
+        bag = [0.0] * dim
+        for _ in range(length):
+            w = 1.0 if per_id_weights is None else float(per_id_weights[position])
+            for k in range(dim):
+                bag[k] += w * float(weight[ids[position], k])
+            position += 1
+        if pooling == "mean" and length:
+            bag = [v / length for v in bag]
+        out.append(bag)
+    return np.array(out, dtype=np.float64).reshape(len(lengths), dim)
+
+
+def embedding_bag_grad_loop(d_pooled, num_rows, ids, lengths, per_id_weights=None, pooling="sum"):
+    """The table's gradient of :func:`embedding_bag_loop`, dense (num_rows, D), by loops: each
+    lookup adds its bag's gradient (÷ length for the mean, × its weight) to its row.
+
+    >>> embedding_bag_grad_loop(np.array([[1.0, 10.0]]), 3, [0, 2, 0], [3])
+    array([[ 2., 20.],
+           [ 0.,  0.],
+           [ 1., 10.]])
+    """
+    dim = d_pooled.shape[1]
+    grad = [[0.0] * dim for _ in range(num_rows)]
+    position = 0
+    for b, length in enumerate(lengths):
+        for _ in range(length):
+            scale = 1.0 if per_id_weights is None else float(per_id_weights[position])
+            if pooling == "mean":
+                scale /= length
+            for k in range(dim):
+                grad[ids[position]][k] += scale * float(d_pooled[b, k])
+            position += 1
+    return np.array(grad, dtype=np.float64).reshape(num_rows, dim)
+
+
+def bce_with_logits_loop(logits, labels, pos_weight: float = 1.0) -> float:
+    """Mean binary cross-entropy, ``−[q y log σ(x) + (1 − y) log(1 − σ(x))]``, logit by logit,
+    straight from the definition (fine for moderate logits; the layer is the stable one).
+
+    >>> round(bce_with_logits_loop([[0.0]], [[1.0]]), 12)    # log 2
+    0.69314718056
+    """
+    flat_x = np.asarray(logits, dtype=np.float64).reshape(-1).tolist()
+    flat_y = np.asarray(labels, dtype=np.float64).reshape(-1).tolist()
+    total = 0.0
+    for x, y in zip(flat_x, flat_y, strict=True):
+        p = 1 / (1 + math.exp(-x))
+        total += -(pos_weight * y * math.log(p) + (1 - y) * math.log(1 - p))
+    return total / len(flat_x)
+
+
+def dlrm_loop(model, dense_features, sparse_features) -> np.ndarray:
+    """A whole DLRM, DLRM_DCN or DLRM_Projection forward from the loop versions of its parts.
+
+    Reads ``model``'s configuration and ``params`` only: each embedding bag by
+    :func:`embedding_bag_loop`, the MLPs by :func:`mlp_loop`, the interaction by
+    :func:`interaction_loop`, :func:`crossnet_loop` or :func:`projection_loop`.
+    """
+    params = model.params
+    ebc = model.sparse_arch.embedding_bag_collection
+    embedded = []
+    for table in ebc.tables:
+        weight = params[f"sparse_arch.embedding_bag_collection.embedding_bags.{table.name}.weight"]
+        for name in table.feature_names:
+            ids, lengths, weights = sparse_features.feature(name)
+            weights = weights if ebc.is_weighted else None
+            embedded.append(embedding_bag_loop(weight, ids, lengths, weights, table.pooling))
+    sparse = np.stack(embedded, axis=1)  # (B, F, D)
+    dense = mlp_loop(dense_features, mlp_layers(params, "dense_arch.model."))  # (B, D)
+    kind = type(model).__name__
+    if kind == "DLRM_DCN":
+        inter = {
+            k[len("inter_arch.crossnet.") :]: v
+            for k, v in params.items()
+            if k.startswith("inter_arch.crossnet.")
+        }
+        combined = np.concatenate([dense[:, None, :], sparse], axis=1).reshape(len(dense), -1)
+        interaction = crossnet_loop(combined, inter, "LowRankCrossNet")
+    elif kind == "DLRM_Projection":
+        branches = [mlp_layers(params, f"inter_arch.interaction_branch{i}.model.") for i in (1, 2)]
+
+        def branch(layers):
+            return lambda c: mlp_loop(np.array([c]), layers)[0].tolist()
+
+        interaction = projection_loop(dense, sparse, branch(branches[0]), branch(branches[1]))
+    else:
+        interaction = interaction_loop(dense, sparse)
+    over = mlp_layers(params, "over_arch.model.0.")
+    over.append((params["over_arch.model.1.weight"], params["over_arch.model.1.bias"]))
+    return mlp_loop(interaction, over, activation_on_last=False)

@@ -71,3 +71,135 @@ def compare_with_torch(
         theirs = torch_params[key].grad
         errors[key] = rel_error(ours, np.zeros_like(ours) if theirs is None else theirs.numpy())
     return errors
+
+
+# ----------------------------------------------------------- embedding bags and whole models
+
+
+def torch_keyed_jagged(features):
+    """A TorchRec ``KeyedJaggedTensor`` holding a :class:`~refimpl.KeyedJaggedArray`'s data."""
+    torch, _ = require_torchrec()
+    from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+    weights = None if features.weights is None else torch.tensor(features.weights)
+    return KeyedJaggedTensor.from_lengths_sync(
+        keys=list(features.keys),
+        values=torch.tensor(features.values, dtype=torch.int64),
+        lengths=torch.tensor(features.lengths, dtype=torch.int64),
+        weights=weights,
+    )
+
+
+def keep_table_dtype(torch_ebc):
+    """Make a TorchRec ``EmbeddingBagCollection`` pool in its tables' dtype.
+
+    TorchRec's ``forward`` casts every pooled bag to float32 (``.float()``), whatever the
+    tables' dtype, so a float64 module cannot be compared with refimpl to 1e-10. This replaces
+    the instance's ``forward`` by the same lookups (one ``nn.EmbeddingBag`` call per feature,
+    table by table, concatenated into a ``KeyedTensor``) without the cast. Models that hold
+    the collection inherit the change. Test-side only: refimpl never imports it.
+    """
+    torch, _ = require_torchrec()
+    from torchrec.sparse.jagged_tensor import KeyedTensor
+
+    def forward(features):
+        by_key = features.to_dict()
+        pooled = []
+        tables = zip(torch_ebc.embedding_bags.values(), torch_ebc._feature_names, strict=True)
+        for bag, names in tables:
+            for name in names:
+                feature = by_key[name]
+                weights = feature.weights() if torch_ebc.is_weighted() else None
+                pooled.append(bag(feature.values(), feature.offsets(), per_sample_weights=weights))
+        return KeyedTensor(
+            keys=torch_ebc._embedding_names,
+            values=torch.cat(pooled, dim=1),
+            length_per_key=torch_ebc._lengths_per_embedding,
+        )
+
+    torch_ebc.forward = forward
+    return torch_ebc
+
+
+def torch_ebc_like(ebc):
+    """TorchRec's ``EmbeddingBagCollection`` with ``ebc``'s tables (weights not copied)."""
+    require_torchrec()
+    from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
+    from torchrec.modules.embedding_modules import EmbeddingBagCollection
+
+    tables = [
+        EmbeddingBagConfig(
+            num_embeddings=t.num_embeddings,
+            embedding_dim=t.embedding_dim,
+            name=t.name,
+            feature_names=list(t.feature_names),
+            pooling=PoolingType[t.pooling.upper()],
+        )
+        for t in ebc.tables
+    ]
+    return EmbeddingBagCollection(tables=tables, is_weighted=ebc.is_weighted)
+
+
+def torch_model_like(model):
+    """TorchRec's DLRM, DLRM_DCN or DLRM_Projection configured like ``model``, its collection
+    made to keep float64 (:func:`keep_table_dtype`)."""
+    require_torchrec()
+    from torchrec.models import dlrm
+
+    ebc = torch_ebc_like(model.sparse_arch.embedding_bag_collection)
+    args = (
+        ebc,
+        model.dense_in_features,
+        list(model.dense_arch.layer_sizes),
+        list(model.over_arch.layer_sizes),
+    )
+    name = type(model).__name__
+    if name == "DLRM_DCN":
+        module = dlrm.DLRM_DCN(
+            *args, dcn_num_layers=model.dcn_num_layers, dcn_low_rank_dim=model.dcn_low_rank_dim
+        )
+    elif name == "DLRM_Projection":
+        sizes1, sizes2 = model.interaction_branch_layer_sizes
+        module = dlrm.DLRM_Projection(*args, list(sizes1), list(sizes2))
+    else:
+        module = dlrm.DLRM(*args)
+    keep_table_dtype(ebc)
+    return module
+
+
+def compare_sparse_with_torch(layer, module, inputs, seed=0) -> dict[str, float]:
+    """:func:`compare_with_torch` for layers that read a KeyedJaggedArray (the collection, the
+    models): ``inputs`` are ``(features,)`` or ``(dense_features, features)``.
+
+    Row-sparse table gradients are compared densely (use small tables). With a weighted
+    collection the per-id weights' gradient is compared too, as ``"<input>.weights"``.
+    """
+    torch, _ = require_torchrec()
+    module.double()
+    module.zero_grad(set_to_none=True)
+    load_from_torch(layer, module)
+    *dense, features = inputs
+    kjt = torch_keyed_jagged(features)
+    if kjt.weights_or_none() is not None:
+        kjt.weights().requires_grad_(True)
+    torch_dense = [torch.tensor(x, dtype=torch.float64, requires_grad=True) for x in dense]
+    torch_out = module(*torch_dense, kjt)
+    if not isinstance(torch_out, torch.Tensor):  # the collection's KeyedTensor
+        torch_out = torch_out.values()
+    out, cache = layer.forward(*dense, features)
+    upstream = as_rng(seed).standard_normal(out.shape)
+    torch_out.backward(torch.tensor(upstream))
+    *d_dense, d_weights, d_params = layer.backward(upstream, cache)
+
+    errors = {"out": rel_error(out, torch_out.detach().numpy())}
+    names = layer.input_names
+    for name, ours, theirs in zip(names, d_dense, torch_dense, strict=False):
+        errors[name] = rel_error(ours, theirs.grad.numpy())
+    if d_weights is not None:
+        errors[f"{names[-1]}.weights"] = rel_error(d_weights, kjt.weights().grad.numpy())
+    torch_params = dict(module.named_parameters())
+    for key, ours in d_params.items():
+        ours = ours.to_dense() if hasattr(ours, "to_dense") else ours
+        theirs = torch_params[key].grad
+        errors[key] = rel_error(ours, np.zeros_like(ours) if theirs is None else theirs.numpy())
+    return errors

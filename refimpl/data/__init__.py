@@ -1,0 +1,14 @@
+"""Data for training: batches of dense features, categorical ids and labels.
+
+:class:`refimpl.data.batch.Batch` is what every source yields (synthetic data with a planted
+answer, MovieLens-100k, Criteo-format files) and what the training loop reads; every source
+offers the interface described in :mod:`refimpl.data.source` (``splits``, ``keys``,
+``num_embeddings``, ``dense_in_features``, ``batches(split, batch_size, shuffle_seed)``).
+"""
+
+from refimpl.data.batch import Batch
+from refimpl.data.criteo import CriteoTSV
+from refimpl.data.movielens import MovieLens100k
+from refimpl.data.source import DataSource
+
+__all__ = ["Batch", "CriteoTSV", "DataSource", "MovieLens100k"]

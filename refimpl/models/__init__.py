@@ -1,0 +1,1 @@
+"""Whole models built from the layers: TorchRec's DLRM, DLRM_DCN and DLRM_Projection."""
