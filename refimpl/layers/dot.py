@@ -142,7 +142,7 @@ class InteractionArch(Layer):
         combined, _ = combine_features(dense, sparse, self.num_sparse_features)  # (B, F+1, D)
         if self.num_sparse_features == 0:  # TorchRec returns dense itself; a copy is safer
             return dense.copy(), DotCache(combined)
-        return dot_forward(dense, sparse, combined, self._fast_indices), DotCache(combined)
+        return dot_forward(dense, combined, self._fast_indices), DotCache(combined)
 
     def backward(self, d_out: np.ndarray, cache: DotCache):
         """

@@ -284,7 +284,7 @@ def run_bench(
     progress: Callable[[str], None] = lambda s: None,
 ) -> BenchReport:
     """Measure every case in every dtype: the report the command prints."""
-    start = time.perf_counter()
+    start, load_at_start = time.perf_counter(), _load_average()
     machine = machine_info()
     threads = threads or usable_cores()
     settings = {
@@ -316,6 +316,12 @@ def run_bench(
                     result.traffic = case.traffic(sizes, np.dtype(DTYPES[dtype]).itemsize)
                     result.bandwidth = bandwidth[dtype]["copy"]
                 results.append(result)
+    # Other programs running meanwhile show in the spreads; say how busy the machine was.
+    settings["load average (1 min) at start, end"] = f"{load_at_start}, {_load_average()}"
     return BenchReport(
         sizes, results, peaks, bandwidth, machine, settings, time.perf_counter() - start
     )
+
+
+def _load_average() -> str:
+    return f"{os.getloadavg()[0]:.2f}" if hasattr(os, "getloadavg") else "?"
