@@ -21,7 +21,7 @@ from refimpl.tools.bench import cases as bench_cases
 from refimpl.tools.bench import main as bench_main
 from refimpl.tools.bench.caches import cache_bytes, describe_cache
 from refimpl.tools.bench.cases import QUICK, Sizes, Target, select_cases
-from refimpl.tools.bench.harness import WorkerProcess, run_rounds
+from refimpl.tools.bench.harness import Schedule, WorkerProcess, run_rounds
 from refimpl.tools.bench.report import (
     COLUMNS,
     README_COLUMNS,
@@ -82,11 +82,12 @@ def test_refimpl_prepares_the_file_every_contender_loads(tmp_path):
     layer, _ = case.build(QUICK, np.float64, np.random.default_rng(0))
     assert list(params) == list(layer.params)
     assert [x.shape for x in inputs] == [(QUICK.batch, QUICK.n)] and d_out.shape == inputs[0].shape
-    times = contender.handle({"op": "run", "warmup": 1, "repeats": 3})["times"]
+    run = {"op": "run", "warmup": 1, "repeats": 3, "min_seconds": 0}
+    times = contender.handle(run)["times"]
     assert len(times) == 3 and all(0 < f <= t for f, t in times)
     assert contender.handle({"op": "drop"}) == {"ok": True} and contender.run is None
     # A failing step is reported, not raised: the harness goes on with the next row.
-    assert contender.handle({"op": "run", "warmup": 0, "repeats": 1})["ok"] is False
+    assert contender.handle(run)["ok"] is False
 
 
 def test_a_layer_that_does_not_exist_yet_is_reported_not_crashed(tmp_path, monkeypatch):
@@ -120,7 +121,7 @@ def test_a_worker_is_stopped_except_while_it_answers(tmp_path):
         np.savez(tmp_path / "g.npz", a=rng.standard_normal((8, 8)), b=rng.standard_normal((8, 8)))
         assert worker.request("load", data=str(tmp_path / "g.npz"))["ok"]
         assert _state(worker.proc.pid) == "T"
-        reply = worker.request("run", warmup=1, repeats=2)
+        reply = worker.request("run", warmup=1, repeats=2, min_seconds=0)
         assert reply["ok"] and len(reply["times"]) == 2 and _state(worker.proc.pid) == "T"
         assert worker.hello["threads"]["NumPy BLAS threads"] in ("1", "?")
     finally:
@@ -133,7 +134,7 @@ def test_a_worker_that_dies_answers_with_an_error(tmp_path):
     try:
         worker.proc.kill()
         worker.proc.wait()
-        reply = worker.request("run", warmup=0, repeats=1)
+        reply = worker.request("run", warmup=0, repeats=1, min_seconds=0)
         assert reply["ok"] is False and "stopped answering" in reply["status"]
         assert worker.alive is False
         assert worker.request("drop")["ok"] is False  # and keeps doing so
@@ -158,7 +159,7 @@ def test_rounds_alternate_the_order_and_keep_every_round():
         "A": _Recorder("A", log, [[1, 2, 9], [4, 4, 4], [3, 3, 3]]),
         "B": _Recorder("B", log, [[2, 2, 2], [4, 4, 4], [5, 6, 7]]),
     }
-    timings, errors = run_rounds(workers, rounds=3, warmup=1, repeats=3)
+    timings, errors = run_rounds(workers, Schedule(rounds=3, warmup=1, repeats=3))
     assert log == ["A", "B", "B", "A", "A", "B"] and errors == {}
     assert timings["A"].rounds == [(1.0, 2.0), (2.0, 4.0), (1.5, 3.0)]
     assert (timings["A"].total, timings["A"].low, timings["A"].high) == (3.0, 2.0, 4.0)

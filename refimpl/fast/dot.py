@@ -4,7 +4,7 @@ Forward: the kept pairs of ``Z = C Cᵀ`` are read from ``C Sᵀ`` instead. Z is
 (i, j) is Z[min, max], and max >= 1 except for (0, 0); ``(C Sᵀ)[b, i, j-1] = c_i·c_j``. ``C Sᵀ``
 is a plain matrix product per sample, where NumPy runs ``C @ Cᵀ`` (one buffer twice) through
 the slower syrk; S is read as rows 1… of C, so each sample's numbers come from memory once
-(reading the input ``sparse`` instead made the product 1.6x slower). Backward: ``G + Gᵀ`` is
+(reading the input ``sparse`` instead made the product 1.4–1.6x slower). Backward: ``G + Gᵀ`` is
 gathered into one array from the pair gradients instead of scattering ``G`` and adding its
 transpose. All of it is per-sample work, so each thread takes a slice of the batch through
 every step (:func:`on_batch_slices`): the products, the gathers and the copies.

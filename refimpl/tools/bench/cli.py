@@ -7,12 +7,12 @@ import dataclasses
 import sys
 
 from refimpl.tools.bench.cases import DTYPES, PRODUCTION, QUICK, select_cases
-from refimpl.tools.bench.harness import run_bench
+from refimpl.tools.bench.harness import Schedule, run_bench
 from refimpl.tools.bench.machine import format_machine, machine_info
 from refimpl.tools.bench.report import write_chart
 
-DEFAULTS = {"rounds": 4, "repeats": 3}  # ~10 minutes for the whole table on 2 cores
-QUICK_DEFAULTS = {"rounds": 2, "repeats": 2}
+DEFAULTS = {"rounds": 4, "repeats": 3, "min_seconds": 0.25}  # about 10 minutes on 2 idle cores
+QUICK_DEFAULTS = {"rounds": 2, "repeats": 2, "min_seconds": 0.0}
 
 
 def _progress_printer(stream):
@@ -43,7 +43,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, help="batch size B (default 1024; quick 64)")
     p.add_argument("--dtype", choices=[*DTYPES, "both"], default="both")
     p.add_argument("--rounds", type=int, help="rounds of alternating contenders (default 4)")
-    p.add_argument("--repeats", type=int, help="timed runs per contender per round (default 3)")
+    p.add_argument(
+        "--repeats", type=int, help="timed runs per contender per round, at least (default 3)"
+    )
+    p.add_argument(
+        "--min-seconds",
+        type=float,
+        help="keep timing a contender in a round until its runs add up to this (default 0.25)",
+    )
     p.add_argument("--warmup", type=int, default=1, help="untimed runs first in each round")
     p.add_argument(
         "--quick", action="store_true", help="tiny sizes, 2 rounds, 1 thread: a smoke test"
@@ -72,8 +79,10 @@ def main(argv: list[str] | None = None) -> int:
     defaults = QUICK_DEFAULTS if args.quick else DEFAULTS
     rounds = args.rounds or defaults["rounds"]
     repeats = args.repeats or defaults["repeats"]
-    if rounds < 1 or repeats < 1 or args.warmup < 0:
-        p.error("--rounds and --repeats must be >= 1, --warmup >= 0")
+    min_seconds = defaults["min_seconds"] if args.min_seconds is None else args.min_seconds
+    if rounds < 1 or repeats < 1 or args.warmup < 0 or min_seconds < 0:
+        p.error("--rounds and --repeats must be >= 1, --warmup and --min-seconds >= 0")
+    schedule = Schedule(rounds, args.warmup, repeats, min_seconds)
     if args.threads is not None and args.threads < 1:
         p.error("--threads must be >= 1")
     # One thread in the smoke test: on a loaded machine, threads that wait for each other at
@@ -83,9 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     cases = select_cases(args.layer)
     show, done = _progress_printer(sys.stderr)
     try:
-        report = run_bench(
-            sizes, cases, dtypes, rounds, repeats, args.warmup, not args.no_torch, threads, show
-        )
+        report = run_bench(sizes, cases, dtypes, schedule, not args.no_torch, threads, show)
     finally:
         done()
     print(report.text())

@@ -11,6 +11,7 @@ warms up and times its runs back to back, as a user of that library would see it
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -30,6 +31,22 @@ from refimpl.tools.bench.report import BenchReport, Result, Timing, gemm_rate
 from refimpl.tools.flops import FlopCount
 
 CAN_STOP = hasattr(signal, "SIGSTOP")
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+    """How every contender of a row is timed: ``rounds`` turns each, and in every turn
+    ``warmup`` untimed runs, then ``repeats`` timed runs, more while they add up to less than
+    ``min_seconds``."""
+
+    rounds: int
+    warmup: int = 1
+    repeats: int = 3
+    min_seconds: float = 0.0
+
+    def describe(self) -> str:
+        more = f", more up to {self.min_seconds:g} s" if self.min_seconds else ""
+        return f"{self.rounds} rounds of {self.repeats}{more} runs (+{self.warmup} warm-up)"
 
 
 class WorkerError(RuntimeError):
@@ -119,25 +136,28 @@ class WorkerProcess:
 
 def run_rounds(
     workers: dict[str, WorkerProcess],
-    rounds: int,
-    warmup: int,
-    repeats: int,
+    schedule: Schedule,
     progress: Callable[[str], None] = lambda s: None,
 ) -> tuple[dict[str, Timing], dict[str, str]]:
-    """Every worker's runs over ``rounds`` rounds, the order reversed every other round.
+    """Every worker's runs over the schedule's rounds, the order reversed every other round.
 
     Returns each contender's :class:`Timing` and, for contenders whose run failed, the error.
     """
     names = list(workers)
     runs: dict[str, list] = {name: [] for name in names}
     errors: dict[str, str] = {}
-    for r in range(rounds):
+    for r in range(schedule.rounds):
         order = names if r % 2 == 0 else names[::-1]
         for name in order:
             if name in errors:
                 continue
-            progress(f"round {r + 1}/{rounds}: {name}")
-            reply = workers[name].request("run", warmup=warmup, repeats=repeats)
+            progress(f"round {r + 1}/{schedule.rounds}: {name}")
+            reply = workers[name].request(
+                "run",
+                warmup=schedule.warmup,
+                repeats=schedule.repeats,
+                min_seconds=schedule.min_seconds,
+            )
             if reply["ok"]:
                 runs[name].append([tuple(t) for t in reply["times"]])
             else:
@@ -210,10 +230,10 @@ class Bench:
         for worker in workers.values():
             worker.request("drop")
 
-    def measure_peaks(self, dtype: str, size: int, rounds, warmup, repeats):
+    def measure_peaks(self, dtype: str, size: int, schedule: Schedule):
         """NumPy's and torch's n×n×n GEMM, alternated like any row."""
         workers = self._gemm_workers(dtype, size)
-        timings, _ = run_rounds(workers, rounds, warmup, repeats, self.progress)
+        timings, _ = run_rounds(workers, schedule, self.progress)
         self._drop(workers)
         return timings.get("NumPy GEMM"), timings.get("torch GEMM")
 
@@ -228,9 +248,7 @@ class Bench:
                 self.progress(f"restarting the {name} worker")
                 self.workers[name] = WorkerProcess(name, self.threads, self.dir)
 
-    def measure_case(
-        self, case: Case, sizes: Sizes, dtype: str, rounds: int, warmup: int, repeats: int
-    ) -> Result:
+    def measure_case(self, case: Case, sizes: Sizes, dtype: str, schedule: Schedule) -> Result:
         """One row: refimpl prepares the data, the others load it, then the rounds."""
         self._restart_dead()
         result = Result(case.name, case.config(sizes), dtype, target=case.target)
@@ -257,7 +275,7 @@ class Bench:
         if matmul_bound:  # the GEMMs in the same rounds: the peak under the same conditions
             workers.update(self._gemm_workers(dtype, sizes.peak_size))
         try:
-            timings, errors = run_rounds(workers, rounds, warmup, repeats, self.progress)
+            timings, errors = run_rounds(workers, schedule, self.progress)
         finally:
             self._drop(workers)
         if "refimpl" in errors:
@@ -276,9 +294,7 @@ def run_bench(
     sizes: Sizes,
     cases: list[Case],
     dtypes: list[str],
-    rounds: int,
-    repeats: int,
-    warmup: int,
+    schedule: Schedule,
     use_torch: bool,
     threads: int | None = None,
     progress: Callable[[str], None] = lambda s: None,
@@ -289,8 +305,7 @@ def run_bench(
     threads = threads or usable_cores()
     settings = {
         "B": str(sizes.batch),
-        "rounds": str(rounds),
-        "runs per round": f"{repeats} (+{warmup} warm-up)",
+        "schedule": schedule.describe(),
         "threads": str(threads),
     }
     results, peaks, bandwidth = [], {}, {}
@@ -300,7 +315,7 @@ def run_bench(
         settings.update(bench.notes)
         for dtype in dtypes:
             progress(f"{dtype}: the {sizes.peak_size}^3 GEMMs and the memory bandwidth")
-            peaks[dtype] = bench.measure_peaks(dtype, sizes.peak_size, rounds, warmup, repeats)
+            peaks[dtype] = bench.measure_peaks(dtype, sizes.peak_size, schedule)
             itemsize = np.dtype(DTYPES[dtype]).itemsize
             bandwidth[dtype] = bench.measure_bandwidth(sizes.batch * sizes.n * itemsize)
         total, i = len(cases) * len(dtypes), 0
@@ -310,7 +325,7 @@ def run_bench(
                 i += 1
                 label = f"[{i}/{total}] {case.label(sizes)} {dtype}"
                 bench.progress = lambda step, label=label: progress(f"{label}: {step}")
-                result = bench.measure_case(case, sizes, dtype, rounds, warmup, repeats)
+                result = bench.measure_case(case, sizes, dtype, schedule)
                 result.start_peaks = start_peaks
                 if case.traffic is not None:
                     result.traffic = case.traffic(sizes, np.dtype(DTYPES[dtype]).itemsize)

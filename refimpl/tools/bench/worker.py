@@ -10,8 +10,10 @@ stdin, one reply per line:
   weights, inputs and upstream gradient to the ``.npz`` file the other contenders load.
 - ``load``: TorchRec builds its module and loads that file (same weights, same inputs); a
   GEMM contender loads its two matrices.
-- ``run``: ``warmup`` untimed runs, then ``repeats`` timed runs back to back, garbage
-  collection off; replies with every run's (forward s, total s).
+- ``run``: ``warmup`` untimed runs, then timed runs back to back, garbage collection off:
+  ``repeats`` of them, and more while they add up to less than ``min_seconds`` (so that a
+  layer that takes milliseconds is timed as many times as one that takes a second is
+  timed); replies with every run's (forward s, total s).
 - ``bandwidth`` (NumPy GEMM only): :func:`refimpl.tools.bench.machine.measure_bandwidth`.
 - ``drop``: free the contender's arrays; ``quit``: exit.
 
@@ -38,14 +40,27 @@ from refimpl.tools.bench.machine import measure_bandwidth, numpy_blas, torch_bla
 CONTENDERS = ("refimpl", "TorchRec", "NumPy GEMM", "torch GEMM")
 
 
-def time_runs(run, warmup: int, repeats: int) -> list[tuple[float, float]]:
-    """``warmup`` untimed calls of ``run``, then ``repeats`` timed ones back to back."""
+MAX_RUNS = 500  # per round, however short a run is
+
+
+def time_runs(
+    run, warmup: int, repeats: int, min_seconds: float = 0.0
+) -> list[tuple[float, float]]:
+    """``warmup`` untimed calls of ``run``, then timed ones back to back: at least ``repeats``,
+    and more (up to :data:`MAX_RUNS`) until their total time reaches ``min_seconds``.
+
+    >>> len(time_runs(lambda: (0.0, 0.01), warmup=1, repeats=2, min_seconds=0.05))
+    5
+    """
     gc.collect()
     gc.disable()
     try:
         for _ in range(warmup):
             run()
-        return [run() for _ in range(repeats)]
+        times = [run() for _ in range(repeats)]
+        while sum(t for _, t in times) < min_seconds and len(times) < MAX_RUNS:
+            times.append(run())
+        return times
     finally:
         gc.enable()
 
@@ -73,7 +88,9 @@ class Contender:
         op = request["op"]
         try:
             if op == "run":
-                times = time_runs(self.run, request["warmup"], request["repeats"])
+                times = time_runs(
+                    self.run, request["warmup"], request["repeats"], request["min_seconds"]
+                )
                 return {"ok": True, "times": times}
             if op == "drop":
                 self.run = None
