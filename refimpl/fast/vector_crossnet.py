@@ -16,10 +16,11 @@ upstream gradient ``dx_{l+1} = G + Σ_{m>l} ds_m w_mᵀ`` (G = d_out) is G plus 
     db_l      = Σ_batch G + Σ_{m>l} (Σ_batch ds_m) w_m       (N,)
     d_input   = a_L ⊙ G + Σ_l (a_l ⊙ ds_l) w_lᵀ               one (B, L) @ (L, N), one pass
 
-The textbook form makes about eight passes over (B, N) arrays per layer forward and fifteen
-backward; this makes four forward (``x̂`` read by the product and by the scaling, the output
-written, then shifted by ``β_L``) and about nine backward (``x̂`` twice, ``G`` three times,
-``d_input`` written, then ``a_L ⊙ G`` added through one temporary), whatever L. The least
+The textbook form makes eight passes over (B, N) arrays per layer forward and fifteen
+backward; this makes five forward (``x̂`` read by the product, read again and scaled into the
+output, which is read and written once more to add ``β_L``) and ten backward (``x̂`` read
+twice, ``G`` three times, ``d_input`` written by the product, then ``a_L ⊙ G`` added through
+one temporary), whatever L. The least
 any implementation can move is ``x̂`` read and the output written forward, ``x̂`` and ``G``
 read and ``d_input`` written backward: five (B, N) arrays. The cache is ``x̂`` itself (the
 input) and two (B, L) arrays, not L arrays of (B, N).
