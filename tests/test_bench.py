@@ -209,9 +209,12 @@ def test_bandwidth_bound_is_stated_where_a_case_gives_its_traffic():
     )
 
 
-def test_vector_crossnet_traffic_is_five_arrays():
-    case = select_cases(["VectorCrossNet"])[0]
-    assert case.traffic(QUICK, 8) == 5 * QUICK.batch * QUICK.n * 8
+def test_least_traffic_of_the_memory_bound_layers():
+    b, n = QUICK.batch, QUICK.n  # n = (F+1)·D: the two inputs of the dot interaction
+    out = b * (QUICK.dim + QUICK.features * (QUICK.features + 1) // 2)
+    vector, dot = select_cases(["VectorCrossNet"])[0], select_cases(["InteractionArch"])[0]
+    assert vector.traffic(QUICK, 8) == 5 * b * n * 8  # x̂, out; x̂, G, d_x
+    assert dot.traffic(QUICK, 4) == 4 * (3 * b * n + 2 * out)  # in, out; d_out, C, d_in
 
 
 def test_report_has_every_column_and_the_readme_table(tmp_path):

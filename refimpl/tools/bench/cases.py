@@ -244,7 +244,7 @@ def _dot_traffic(sizes: Sizes, itemsize: int) -> int:
     inputs again (dC = (G + Gᵀ) C needs C) and writes d_dense and d_sparse."""
     b, f, d = sizes.batch, sizes.features, sizes.dim
     inputs, out = b * (f + 1) * d, b * (d + f * (f + 1) // 2)
-    return itemsize * (2 * inputs + out) + itemsize * (out + inputs + inputs)
+    return itemsize * ((inputs + out) + (out + 2 * inputs))
 
 
 def _vector_traffic(sizes: Sizes, itemsize: int) -> int:

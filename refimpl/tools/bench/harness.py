@@ -3,8 +3,9 @@ and alternates the workers over rounds, each alone on the machine while it is ti
 
 Why not time everything in one process: on a small machine the libraries get in each other's
 way. OpenBLAS's and OpenMP's worker threads keep spinning after each call, so whichever
-contender runs next is slowed by the one before it; in one process, with the NumPy GEMM timed
-between them, TorchRec's dot interaction measured 3.7x slower than alone in its own process.
+contender runs next is slowed by the one before it; in one process, with a NumPy GEMM and a
+pause between the runs, TorchRec's dot interaction (B = 1024, float32, 2 threads) measured
+63.5 ms, against 14–19 ms alone in its own process.
 Here a worker that is not being timed is stopped (SIGSTOP) until its turn, and each contender
 warms up and times its runs back to back, as a user of that library would see it.
 """
