@@ -77,10 +77,14 @@ class WorkerProcess:
         )
         self._stopped = False
         self.alive = True
-        self.hello = self._read()  # the imports run now, while nothing is being timed
+        try:
+            self.hello = self._read()  # the imports run now, while nothing is being timed
+            if not self.hello.get("ok"):
+                raise WorkerError(f"{contender} worker: {self.hello.get('status')}")
+        except (WorkerError, ValueError):
+            self.close()
+            raise
         self._stop()
-        if not self.hello.get("ok"):
-            raise WorkerError(f"{contender} worker: {self.hello.get('status')}")
 
     def request(self, op: str, **fields) -> dict:
         """Send one request and wait for the reply; the worker runs only meanwhile."""
@@ -185,23 +189,28 @@ class Bench:
         self.dir = Path(self._tmp.name)
         self.workers: dict[str, WorkerProcess] = {}
         self.notes: dict[str, str] = {}
+        self.use_torch = use_torch
+
+    def __enter__(self):
         wanted = ["refimpl", "NumPy GEMM"]
-        if use_torch:
+        if self.use_torch:
             installed, note = _torch_installed()
             if installed:
                 wanted += ["TorchRec", "torch GEMM"]
             else:
                 self.notes["TorchRec"] = note
-        for name in wanted:  # one at a time: a starting worker disturbs no timing
-            progress(f"starting the {name} worker")
-            try:
-                self.workers[name] = WorkerProcess(name, threads, self.dir)
-            except WorkerError as exc:
-                if name == "refimpl":
-                    raise
-                self.notes[name] = str(exc).splitlines()[0]
-
-    def __enter__(self):
+        try:
+            for name in wanted:  # one at a time: a starting worker disturbs no timing
+                self.progress(f"starting the {name} worker")
+                try:
+                    self.workers[name] = WorkerProcess(name, self.threads, self.dir)
+                except WorkerError as exc:
+                    if name in ("refimpl", "NumPy GEMM"):
+                        raise
+                    self.notes[name] = str(exc).splitlines()[0]
+        except BaseException:
+            self.__exit__()
+            raise
         return self
 
     def __exit__(self, *exc):
