@@ -28,6 +28,7 @@ from refimpl.layers.projection import InteractionProjectionArch
 from refimpl.layers.rowsparse import RowSparse
 from refimpl.models.dlrm import DLRM, DLRM_DCN, DLRM_Projection
 from refimpl.tools.gradcheck import GradCheckResult, draw_away_from_kinks, gradcheck, rel_error
+from refimpl.train import metrics, optim  # refimpl.optim.Adam, refimpl.metrics.auc, …
 
 __all__ = [
     "ACTIVATIONS",
@@ -56,6 +57,8 @@ __all__ = [
     "draw_away_from_kinks",
     "get_activation",
     "gradcheck",
+    "metrics",
+    "optim",
     "pair_indices",
     "rel_error",
 ]

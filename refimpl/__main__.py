@@ -1,4 +1,5 @@
-"""``python -m refimpl check`` (every gradient witness, as a table), ``bench``, ``data``."""
+"""``python -m refimpl check`` (every gradient witness, as a table), ``bench``, ``data``,
+``train``."""
 
 import sys
 
@@ -6,6 +7,7 @@ COMMANDS = {
     "check": "refimpl.tools.check",
     "bench": "refimpl.tools.bench",
     "data": "refimpl.data.cli",
+    "train": "refimpl.train.cli",
 }
 
 

@@ -137,6 +137,21 @@ def test_shuffle_within_chunks(tmp_path):
         np.testing.assert_array_equal(np.sort(plain[rows], axis=0), np.sort(mixed[rows], axis=0))
 
 
+@pytest.mark.parametrize("shuffle_seed", [None, 1])
+def test_start_skips_whole_batches(tmp_path, shuffle_seed):
+    path = write(tmp_path / "day_0", random_lines(30, seed=4))
+    data = CriteoTSV(path, 50, chunk_rows=7)  # batches straddle chunks
+    assert data.num_samples("train") is None
+    every = list(data.batches("train", 4, shuffle_seed))
+    for start in (0, 1, 3, 7):
+        resumed = list(data.batches("train", 4, shuffle_seed, start=start))
+        assert len(resumed) == len(every) - start
+        for a, b in zip(resumed, every[start:], strict=True):
+            np.testing.assert_array_equal(a.values, b.values)
+            np.testing.assert_array_equal(a.dense, b.dense)
+    assert list(data.batches("train", 4, shuffle_seed, start=9)) == []
+
+
 def test_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="num_embeddings must be an int or 26 ints"):
         CriteoTSV(tmp_path / "x", num_embeddings=[10] * 25)
@@ -147,5 +162,5 @@ def test_bad_arguments(tmp_path):
     data = CriteoTSV(tmp_path / "absent.tsv", num_embeddings=10)
     with pytest.raises(FileNotFoundError, match=r"no Criteo file .*absent\.tsv"):
         next(data.batches("train", 4))
-    with pytest.raises(ValueError, match="split must be one of"):
+    with pytest.raises(ValueError, match="split: expected one of"):
         next(data.batches("test", 4))

@@ -223,10 +223,18 @@ def test_batches(archives):
     order = lambda bs: np.concatenate([b.dense[:, 2] for b in bs])  # noqa: E731
     assert not np.array_equal(order(plain), order(shuffled))
     np.testing.assert_array_equal(np.sort(order(plain)), np.sort(order(shuffled)))
-    with pytest.raises(ValueError, match="split must be one of"):
+    resumed = list(data.batches("train", batch_size=5, shuffle_seed=3, start=2))
+    assert len(resumed) == len(shuffled) - 2 and data.num_samples("train") == 23
+    for a, b in zip(resumed, shuffled[2:], strict=True):
+        np.testing.assert_array_equal(a.values, b.values)
+        np.testing.assert_array_equal(a.dense, b.dense)
+    assert list(data.batches("train", batch_size=5, start=5)) == []
+    with pytest.raises(ValueError, match="split: expected one of"):
         next(data.batches("dev", 5))
-    with pytest.raises(ValueError, match="batch_size must be at least 1"):
+    with pytest.raises(ValueError, match="batch_size: expected an integer >= 1"):
         next(data.batches("train", 0))
+    with pytest.raises(ValueError, match="'train' has 5 batches of 5, cannot start at batch 6"):
+        next(data.batches("train", 5, start=6))
 
 
 def test_fetch_is_idempotent_and_leaves_only_the_archive(archives, tmp_path):

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from refimpl.data.batch import Batch
+from refimpl.data.source import num_batches
 from refimpl.data.synthetic import CHUNK, SyntheticCriteo
 from refimpl.train import auc, expected_auc
 
@@ -16,9 +17,14 @@ def small(**kw):
     return SyntheticCriteo(**(args | kw))
 
 
-def whole(data, split, batch_size):
+def batch_at(data, split, index, batch_size, shuffle_seed=None):
+    """Batch ``index`` of a split, as a resumed run starts with it."""
+    return next(data.batches(split, batch_size, shuffle_seed, start=index))
+
+
+def whole(data, split, batch_size, shuffle_seed=None, start=0):
     """A split as one Batch, through batches of the given size (bags regrouped per feature)."""
-    batches = list(data.batches(split, batch_size))
+    batches = list(data.batches(split, batch_size, shuffle_seed, start))
     F = len(data.keys)
     per_feature = [[], []]  # lengths, values
     for f in range(F):
@@ -39,7 +45,7 @@ def whole(data, split, batch_size):
 
 def test_layout_of_a_batch():
     data = small(bag_lengths=[1, 3, 1, 5], dtype=np.float32)
-    batch = data.batch("train", 2, batch_size=100)
+    batch = batch_at(data, "train", 2, batch_size=100)
     assert batch.dense.shape == (100, 13) and batch.dense.dtype == np.float32
     assert batch.keys == ("cat_0", "cat_1", "cat_2", "cat_3")
     assert batch.lengths.shape == (400,) and batch.values.dtype == np.int64
@@ -52,8 +58,8 @@ def test_layout_of_a_batch():
         ids = batch.values[offsets[f * 100] : offsets[(f + 1) * 100]]
         assert ids.min() >= 0 and ids.max() < rows
     assert set(np.unique(batch.labels)) == {0.0, 1.0}
-    assert data.num_batches("train", 1000) == 3 and data.batch("train", 2, 1000).size == 1000
-    assert data.batch("test", 2, 300).size == 100  # the last batch holds what is left
+    assert num_batches(data, "train", 1000) == 3 and batch_at(data, "train", 2, 1000).size == 1000
+    assert batch_at(data, "test", 2, 300).size == 100  # the last batch holds what is left
 
 
 def test_each_sample_is_fixed_by_seed_split_and_position():
@@ -61,13 +67,46 @@ def test_each_sample_is_fixed_by_seed_split_and_position():
     a, b = whole(data, "train", 1000), whole(data, "train", 333)  # chunk edges fall anywhere
     for field in ("dense", "values", "lengths", "labels"):
         np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
-    again = small().batch("train", 5, batch_size=333)
-    np.testing.assert_array_equal(again.values, data.batch("train", 5, batch_size=333).values)
+    again = batch_at(small(), "train", 5, batch_size=333)
+    np.testing.assert_array_equal(again.values, batch_at(data, "train", 5, batch_size=333).values)
     resumed = list(data.batches("train", 333, start=4))
-    assert len(resumed) == data.num_batches("train", 333) - 4
-    np.testing.assert_array_equal(resumed[1].dense, data.batch("train", 5, 333).dense)
-    assert not np.array_equal(data.batch("test", 0, 100).dense, data.batch("train", 0, 100).dense)
-    assert not np.array_equal(small(seed=8).batch("train", 0, 100).dense, a.dense[:100])
+    assert len(resumed) == num_batches(data, "train", 333) - 4
+    np.testing.assert_array_equal(resumed[1].dense, batch_at(data, "train", 5, 333).dense)
+    test, train = batch_at(data, "test", 0, 100), batch_at(data, "train", 0, 100)
+    assert not np.array_equal(test.dense, train.dense)
+    assert not np.array_equal(batch_at(small(seed=8), "train", 0, 100).dense, a.dense[:100])
+
+
+def samples(batch):
+    """Each sample as (dense row, its bags, label), keyed by its first dense feature."""
+    F, B = len(batch.keys), batch.size
+    offsets = np.r_[0, np.cumsum(batch.lengths)]
+    return {
+        float(batch.dense[i, 0]): (
+            batch.dense[i].tolist(),
+            [batch.values[offsets[f * B + i] : offsets[f * B + i + 1]].tolist() for f in range(F)],
+            float(batch.labels[i]),
+        )
+        for i in range(B)
+    }
+
+
+def test_shuffling_permutes_whole_samples_and_resumes_exactly():
+    data = small(num_train=2 * CHUNK + 1808, bag_lengths=[1, 3, 2, 4])  # the last chunk is short
+    plain = whole(data, "train", 1000)
+    mixed = whole(data, "train", 1000, shuffle_seed=5)
+    assert samples(mixed) == samples(plain)  # the same samples, each with its bags and label
+    assert not np.array_equal(mixed.dense, plain.dense)
+    assert not np.array_equal(whole(data, "train", 1000, shuffle_seed=6).dense, mixed.dense)
+    again = whole(data, "train", 1000, shuffle_seed=5)
+    np.testing.assert_array_equal(again.values, mixed.values)
+    # batch k of a shuffled epoch is the same whether the epoch starts at 0 or resumes at k
+    for start in (3, 4, 9):
+        resumed = batch_at(data, "train", start, 1000, shuffle_seed=5)
+        from_zero = list(data.batches("train", 1000, shuffle_seed=5))[start]
+        for name in ("dense", "values", "lengths", "labels"):
+            np.testing.assert_array_equal(getattr(resumed, name), getattr(from_zero, name))
+    assert list(data.batches("train", 1000, shuffle_seed=5, start=10)) == []  # after the last
 
 
 def naive_logit(data, dense, bags):
@@ -83,7 +122,7 @@ def naive_logit(data, dense, bags):
 
 def test_logits_equal_the_formula_sample_by_sample():
     data = small(bag_lengths=[2, 3, 1, 4], num_train=50)
-    batch = data.batch("train", 0, 50)
+    batch = batch_at(data, "train", 0, 50)
     offsets = np.r_[0, np.cumsum(batch.lengths)]
     expected = []
     for i in range(50):
@@ -95,7 +134,7 @@ def test_logits_equal_the_formula_sample_by_sample():
 def test_distractor_features_have_no_effect_and_pairs_do():
     data = small(num_embeddings=[30] * 6, pair_strengths=[1.5])
     (a, b) = data.pairs[0].features
-    batch = data.batch("train", 0, 200)
+    batch = batch_at(data, "train", 0, 200)
     z = data.logits(batch)
     for f in range(6):
         shuffled = batch.values.copy()
@@ -118,7 +157,7 @@ def test_labels_are_drawn_from_the_planted_probabilities():
 
 def test_bayes_auc_is_the_expected_auc_of_the_planted_probability():
     data = small(num_test=400)
-    batch = data.batch("test", 0, 400)
+    batch = batch_at(data, "test", 0, 400)
     p = data.probabilities(batch)
     weight = np.outer(p, 1 - p)  # pair (i positive, j negative)
     np.fill_diagonal(weight, 0)
@@ -134,7 +173,7 @@ def test_bayes_auc_is_the_expected_auc_of_the_planted_probability():
 
 def test_label_noise_shrinks_probabilities_but_keeps_their_order():
     clean, noisy = small(), small(label_noise=0.2)
-    batch = clean.batch("test", 0, 700)
+    batch = batch_at(clean, "test", 0, 700)
     p, q = clean.probabilities(batch), noisy.probabilities(batch)
     assert q.min() >= 0.2 and q.max() <= 0.8
     np.testing.assert_array_equal(np.argsort(p, kind="stable"), np.argsort(q, kind="stable"))
@@ -170,9 +209,10 @@ def test_streaming_memory_does_not_grow_with_the_split():
 @pytest.mark.parametrize(
     ("call", "error", "message"),
     [
-        (lambda d: d.batch("dev", 0, 10), ValueError, "split: expected one of"),
-        (lambda d: d.batch("train", 3, 1000), ValueError, "0 <= index < 3"),
-        (lambda d: d.batch("train", 1.0, 10), TypeError, "index"),
+        (lambda d: batch_at(d, "dev", 0, 10), ValueError, "split: expected one of"),
+        (lambda d: next(d.batches("train", 1000, start=4)), ValueError, "has 3 batches"),
+        (lambda d: next(d.batches("train", 10, start=1.0)), TypeError, "start"),
+        (lambda d: next(d.batches("train", 10, shuffle_seed=-1)), ValueError, "shuffle_seed"),
         (lambda d: next(d.batches("train", 0)), ValueError, "batch_size"),
         (lambda d: small(bag_lengths=[1, 2]), ValueError, "bag_lengths: expected one int or F"),
         (lambda d: small(pair_strengths=[1.0] * 7), ValueError, "only 6"),

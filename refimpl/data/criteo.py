@@ -197,36 +197,52 @@ class CriteoTSV:
         if not np.issubdtype(self.dtype, np.floating):
             raise TypeError(f"dtype must be a floating dtype, got {self.dtype}")
 
+    def num_samples(self, split: str) -> None:
+        """None: a split's length is known only after reading all of its files."""
+        check_batches_args(self, split, 1)
+        return None
+
     def batches(
-        self, split: str, batch_size: int, shuffle_seed: int | None = None
+        self, split: str, batch_size: int, shuffle_seed: int | None = None, start: int = 0
     ) -> Iterator[Batch]:
         """The split's lines as ``Batch``es of ``batch_size`` (the last may be smaller).
 
         With a ``shuffle_seed``, lines are shuffled within each chunk of ``chunk_rows`` (a
-        full shuffle would need the whole file in memory); the files' order is kept.
+        full shuffle would need the whole file in memory), one permutation per chunk drawn in
+        turn from ``numpy.random.default_rng(shuffle_seed)``; the files' order is kept.
+        ``start`` skips that many batches: the chunks before them are read but not parsed.
         """
-        check_batches_args(self, split, batch_size)
+        check_batches_args(self, split, batch_size, shuffle_seed, start)
         rng = None if shuffle_seed is None else np.random.default_rng(shuffle_seed)
+        skip = start * batch_size  # samples of the stream still to pass over
         dense, ids, labels = [], [], []  # parsed rows not yet in a batch
         held = 0
-        for chunk in self._chunks(split):
-            if rng is not None:
-                order = rng.permutation(len(chunk[2]))
+        for rows, path, first_line in self._chunks(split):
+            order = None if rng is None else rng.permutation(len(rows))  # drawn even if skipped
+            if skip >= len(rows):
+                skip -= len(rows)
+                continue
+            chunk = parse_lines(rows, self._rows, str(path), first_line)
+            if order is not None:
                 chunk = tuple(part[order] for part in chunk)
+            if skip:
+                chunk = tuple(part[skip:] for part in chunk)
+                skip = 0
             for part, kept in zip(chunk, (dense, ids, labels), strict=True):
                 kept.append(part)
             held += len(chunk[2])
             if held >= batch_size:
                 full = (held // batch_size) * batch_size
                 d, i, y = (np.concatenate(kept) for kept in (dense, ids, labels))
-                for start in range(0, full, batch_size):
-                    stop = start + batch_size
-                    yield self._batch(d[start:stop], i[start:stop], y[start:stop])
+                for first in range(0, full, batch_size):
+                    stop = first + batch_size
+                    yield self._batch(d[first:stop], i[first:stop], y[first:stop])
                 dense, ids, labels, held = [d[full:]], [i[full:]], [y[full:]], held - full
         if held:
             yield self._batch(*(np.concatenate(kept) for kept in (dense, ids, labels)))
 
-    def _chunks(self, split: str) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    def _chunks(self, split: str) -> Iterator[tuple[list[bytes], Path, int]]:
+        """Each chunk's lines (without line endings), its file and its first line number."""
         for path in self._files[split]:
             if not path.is_file():
                 raise FileNotFoundError(f"no Criteo file {path} (split {split!r})")
@@ -238,7 +254,7 @@ class CriteoTSV:
                     rows = text.split(b"\n")
                     if text.endswith(b"\n"):
                         rows.pop()  # the empty string after the last line ending
-                    yield parse_lines(rows, self._rows, str(path), first_line)
+                    yield rows, path, first_line
                     first_line += len(rows)
 
     def _batch(self, dense: np.ndarray, ids: np.ndarray, labels: np.ndarray) -> Batch:

@@ -121,7 +121,7 @@ from refimpl.data.fetch import (
     sha256_file,
     verify,
 )
-from refimpl.data.source import check_batches_args
+from refimpl.data.source import check_batches_args, check_start
 from refimpl.data.text import split_fields, to_int
 
 NAME = "movielens-100k"
@@ -569,19 +569,21 @@ class MovieLens100k:
         return len(self._rows[split])
 
     def batches(
-        self, split: str, batch_size: int, shuffle_seed: int | None = None
+        self, split: str, batch_size: int, shuffle_seed: int | None = None, start: int = 0
     ) -> Iterator[Batch]:
         """The split's samples as ``Batch``es of ``batch_size`` (the last may be smaller).
 
         Unshuffled, samples come user by user in time order, which suits evaluation but not
-        SGD: give a ``shuffle_seed`` for training.
+        SGD: give a ``shuffle_seed`` for training (the whole split is permuted by
+        ``numpy.random.default_rng(shuffle_seed)``). ``start`` skips that many batches.
         """
-        check_batches_args(self, split, batch_size)
+        check_batches_args(self, split, batch_size, shuffle_seed, start)
+        check_start(self, split, batch_size, start)
         rows = self._rows[split]
         if shuffle_seed is not None:
             rows = np.random.default_rng(shuffle_seed).permutation(rows)
-        for start in range(0, len(rows), batch_size):
-            yield self.batch(rows[start : start + batch_size])
+        for first in range(start * batch_size, len(rows), batch_size):
+            yield self.batch(rows[first : first + batch_size])
 
     def batch(self, rows: np.ndarray) -> Batch:
         """The samples at these positions (0 to N − 1, over all splits) as one ``Batch``."""

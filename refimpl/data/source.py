@@ -8,9 +8,13 @@ A source (synthetic data, MovieLens-100k, Criteo-format files) is an object with
 - ``num_embeddings``: for each key, in the same order, the number of rows its embedding table
   needs (ids run from 0 to that number − 1);
 - ``dense_in_features``: I, the width of ``Batch.dense`` (DLRM's ``dense_in_features``);
-- ``batches(split, batch_size, shuffle_seed=None)``: the split's samples as ``Batch``es of
-  ``batch_size`` samples (the last one may be smaller), in a fixed order when ``shuffle_seed``
-  is None and in an order drawn from ``numpy.random.default_rng(shuffle_seed)`` otherwise.
+- ``num_samples(split)``: the number of samples in a split, or None when the source cannot
+  know it without reading the whole split (a stream of files);
+- ``batches(split, batch_size, shuffle_seed=None, start=0)``: the split's samples as
+  ``Batch``es of ``batch_size`` samples (the last one may be smaller), in the source's fixed
+  order when ``shuffle_seed`` is None, else in an order that is a fixed function of
+  ``shuffle_seed`` (an int >= 0); ``start`` skips the first ``start`` batches of that same
+  sequence, so a run stopped after batch k resumes with exactly batch k + 1.
 
 So a model is sized from the source alone: one embedding table per key, ``zip(keys,
 num_embeddings)``, and a DenseArch with ``dense_in_features`` inputs.
@@ -33,17 +37,50 @@ class DataSource(Protocol):
     num_embeddings: tuple[int, ...]
     dense_in_features: int
 
+    def num_samples(self, split: str) -> int | None: ...
+
     def batches(
-        self, split: str, batch_size: int, shuffle_seed: int | None = None
+        self, split: str, batch_size: int, shuffle_seed: int | None = None, start: int = 0
     ) -> Iterator[Batch]: ...
 
 
-def check_batches_args(source: DataSource, split: str, batch_size: int) -> None:
-    """Raise ``ValueError``/``TypeError`` unless ``split`` is one of the source's splits and
-    ``batch_size`` a positive integer."""
+def _check_int(name: str, value, minimum: int) -> int:
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+        raise TypeError(f"{name}: expected an integer >= {minimum}, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name}: expected an integer >= {minimum}, got {value}")
+    return int(value)
+
+
+def check_batches_args(
+    source: DataSource,
+    split: str,
+    batch_size: int,
+    shuffle_seed: int | None = None,
+    start: int = 0,
+) -> None:
+    """Raise ``ValueError``/``TypeError`` unless ``split`` is one of the source's splits,
+    ``batch_size`` an integer >= 1, ``shuffle_seed`` None or an integer >= 0 and ``start`` an
+    integer >= 0 (a start past the split's end is checked where the length is known)."""
     if split not in source.splits:
-        raise ValueError(f"split must be one of {source.splits}, got {split!r}")
-    if not isinstance(batch_size, numbers.Integral) or isinstance(batch_size, bool):
-        raise TypeError(f"batch_size must be an integer, got {type(batch_size).__name__}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        raise ValueError(f"split: expected one of {source.splits}, got {split!r}")
+    _check_int("batch_size", batch_size, 1)
+    if shuffle_seed is not None:
+        _check_int("shuffle_seed", shuffle_seed, 0)
+    _check_int("start", start, 0)
+
+
+def num_batches(source: DataSource, split: str, batch_size: int) -> int | None:
+    """The number of batches ``source.batches(split, batch_size)`` yields (None if unknown)."""
+    check_batches_args(source, split, batch_size)
+    samples = source.num_samples(split)
+    return None if samples is None else -(-samples // batch_size)
+
+
+def check_start(source: DataSource, split: str, batch_size: int, start: int) -> None:
+    """A ``start`` beyond the last batch is a ValueError (start == the count yields nothing)."""
+    count = num_batches(source, split, batch_size)
+    if count is not None and start > count:
+        raise ValueError(
+            f"start: {split!r} has {count} batches of {batch_size}, cannot start at batch {start}"
+        )

@@ -18,8 +18,11 @@ planted pairs (:attr:`SyntheticCriteo.pairs`, :attr:`SyntheticCriteo.hidden`).
 
 Sample i of a split is a fixed function of (seed, split, i), whatever the batch size: samples
 are drawn in chunks of :data:`CHUNK` from a generator seeded by (seed, split, chunk index), and a
-batch is cut from the chunks it covers. A resumed run therefore sees the same batches, and
-streaming a split holds one or two chunks in memory, never the split.
+batch is cut from the chunks it covers. Shuffling (``shuffle_seed``) permutes the order of the
+chunks and the order of the samples within each chunk, each permutation a fixed function of
+the shuffle seed: a different mix of samples in every batch of every epoch, with no more in
+memory. A resumed run therefore sees the same batches, and streaming a split holds the chunks
+one batch spans (one or two for batches up to :data:`CHUNK`), never the split.
 """
 
 from __future__ import annotations
@@ -30,10 +33,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from refimpl.data.batch import Batch
+from refimpl.data.source import check_batches_args, check_start
 from refimpl.layers.base import as_dtype, check_positive_int
 
 CHUNK = 4096  # samples drawn per generator: the unit of reproducibility
-SPLITS = {"train": 1, "validation": 2, "test": 3}
+SPLITS = {"train": 1, "validation": 2, "test": 3}  # a split's code seeds its samples
 _PLANTED = 4  # seeds the planted model; split codes differ, so streams never coincide
 
 
@@ -73,6 +77,19 @@ class _Chunk:
             self.labels[lo:hi],
         )
 
+    def take(self, order: np.ndarray) -> _Chunk:
+        """The samples in the given order (a permutation of the chunk's)."""
+        lengths = [n[order] for n in self.lengths]
+        offsets = [np.r_[0, np.cumsum(n)] for n in lengths]
+        ids = []
+        for old_ids, old_offsets, n, new_offsets in zip(
+            self.ids, self.offsets, lengths, offsets, strict=True
+        ):
+            # the id at new position q of bag b comes from old position q − new start + old start
+            shift = np.repeat(old_offsets[order] - new_offsets[:-1], n)  # (Σ lengths,)
+            ids.append(old_ids[np.arange(new_offsets[-1]) + shift])
+        return _Chunk(self.dense[order], lengths, offsets, ids, self.labels[order])
+
 
 class SyntheticCriteo:
     """Criteo-shaped batches whose labels come from a planted model (see the module docstring).
@@ -81,7 +98,7 @@ class SyntheticCriteo:
     ----------
     num_embeddings : sequence of int, default 26 tables of 1000 rows
         Rows of each categorical feature's table; F = its length.
-    num_dense : int, default 13
+    dense_in_features : int, default 13
         I, the number of dense features.
     pair_strengths : sequence of float, default (1.5, 1.0, 0.7)
         One planted pair per strength, the pairs drawn at random (distinct) from the F features.
@@ -115,14 +132,16 @@ class SyntheticCriteo:
     >>> batch = next(data.batches("train", batch_size=4))
     >>> batch.dense.shape, batch.keys, batch.lengths.shape, batch.labels.shape
     ((4, 13), ('cat_0', 'cat_1', 'cat_2'), (12,), (4,))
-    >>> data.num_batches("train", batch_size=4)
-    3
+    >>> [b.size for b in data.batches("train", batch_size=4, shuffle_seed=1)]
+    [4, 4, 2]
     """
+
+    splits = tuple(SPLITS)
 
     def __init__(
         self,
         num_embeddings: Sequence[int] = (1000,) * 26,
-        num_dense: int = 13,
+        dense_in_features: int = 13,
         pair_strengths: Sequence[float] = (1.5, 1.0, 0.7),
         dense_effects: Sequence[float] = (0.8, -0.5, 0.3),
         hidden_dim: int = 4,
@@ -142,7 +161,7 @@ class SyntheticCriteo:
         F = len(self.num_embeddings)
         if F == 0:
             raise ValueError("num_embeddings: expected at least one categorical feature")
-        self.num_dense = check_positive_int("num_dense", num_dense)
+        self.dense_in_features = check_positive_int("dense_in_features", dense_in_features)
         self.hidden_dim = check_positive_int("hidden_dim", hidden_dim)
         if isinstance(bag_lengths, int | np.integer):
             bag_lengths = [bag_lengths] * F
@@ -173,9 +192,10 @@ class SyntheticCriteo:
                 f"pair_strengths: {len(strengths)} pairs asked, but F = {F} features have only "
                 f"{F * (F - 1) // 2}"
             )
-        if len(effects) > self.num_dense:
+        if len(effects) > self.dense_in_features:
             raise ValueError(
-                f"dense_effects: {len(effects)} effects for I = {self.num_dense} dense features"
+                f"dense_effects: {len(effects)} effects for I = {self.dense_in_features} dense "
+                "features"
             )
         self._plant(strengths, effects)
 
@@ -196,8 +216,9 @@ class SyntheticCriteo:
             scale = k**-0.25 / np.sqrt((1 + self.bag_lengths[f]) / 2)
             self.hidden[self.keys[f]] = scale * rng.standard_normal((self.num_embeddings[f], k))
         #: the weights of the dense features in the logit
-        self.dense_weights = np.zeros(self.num_dense)
-        self.dense_weights[rng.choice(self.num_dense, size=len(effects), replace=False)] = effects
+        self.dense_weights = np.zeros(self.dense_in_features)
+        chosen = rng.choice(self.dense_in_features, size=len(effects), replace=False)
+        self.dense_weights[chosen] = effects
         #: the logit's constant term
         self.bias = float(np.log(self.base_rate / (1 - self.base_rate)))
 
@@ -242,55 +263,63 @@ class SyntheticCriteo:
         """
         from refimpl.train.metrics import expected_auc
 
-        if self._size(split) == 0:
+        if self.num_samples(split) == 0:
             raise ValueError(f"split: {split!r} has no samples")
         p = np.concatenate([self.probabilities(b) for b in self.batches(split, CHUNK)])
         return expected_auc(p, p)
 
     # -- streaming ---------------------------------------------------------------------------
 
-    def num_batches(self, split: str, batch_size: int) -> int:
-        """The number of batches in ``split``, the last one possibly smaller."""
-        batch_size = check_positive_int("batch_size", batch_size)
-        return -(-self._size(split) // batch_size)
+    def num_samples(self, split: str) -> int:
+        """The number of samples in ``split``."""
+        if split not in SPLITS:
+            raise ValueError(f"split: expected one of {self.splits}, got {split!r}")
+        return self.sizes[split]
 
-    def batch(self, split: str, index: int, batch_size: int) -> Batch:
-        """Batch ``index`` of ``split``: samples index·batch_size … up to the split's end."""
-        batches = self.num_batches(split, batch_size)
-        if isinstance(index, bool) or not isinstance(index, int | np.integer):
-            raise TypeError(f"index: expected an integer, got {index!r}")
-        if not 0 <= index < batches:
-            raise ValueError(f"index: expected 0 <= index < {batches} for {split!r}, got {index}")
-        return next(self.batches(split, batch_size, start=int(index)))
-
-    def batches(self, split: str, batch_size: int, start: int = 0) -> Iterator[Batch]:
+    def batches(
+        self, split: str, batch_size: int, shuffle_seed: int | None = None, start: int = 0
+    ) -> Iterator[Batch]:
         """Stream ``split`` as batches, from batch ``start`` (to resume) to the end.
 
-        Holds at most the chunks one batch spans, never the split.
+        Without ``shuffle_seed`` the samples come in their own order (sample i of the split is
+        position i); with one, chunk by chunk in a shuffled order of the chunks, each chunk's
+        samples shuffled. Holds the chunks one batch spans, never the split.
         """
-        num = self.num_batches(split, batch_size)
-        start = check_positive_int("start", start, minimum=0)
-        size, cached = self._size(split), {}
-        for index in range(start, num):
+        check_batches_args(self, split, batch_size, shuffle_seed, start)
+        check_start(self, split, batch_size, start)
+        size = self.sizes[split]
+        chunks = -(-size // CHUNK)
+        if shuffle_seed is None:
+            order = np.arange(chunks)
+        else:
+            order = np.random.default_rng([shuffle_seed, 0]).permutation(chunks)
+        chunk_sizes = np.minimum(CHUNK, size - order * CHUNK)  # (chunks,) in stream order
+        bounds = np.r_[0, np.cumsum(chunk_sizes)]  # where each chunk starts in the stream
+        cached: dict[int, _Chunk] = {}
+        for index in range(start, -(-size // batch_size)):
             lo, hi = index * batch_size, min((index + 1) * batch_size, size)
+            first, last = np.searchsorted(bounds, [lo, hi - 1], side="right") - 1
             parts = []
-            for c in range(lo // CHUNK, (hi - 1) // CHUNK + 1):
-                if c not in cached:
-                    cached = {c: self._chunk(split, c)}  # forget the chunks behind us
-                first = c * CHUNK
-                parts.append(cached[c].cut(max(lo, first) - first, min(hi, first + CHUNK) - first))
+            for k in range(first, last + 1):  # the k-th chunk of the stream
+                if k not in cached:
+                    cached[k] = self._stream_chunk(split, int(order[k]), shuffle_seed)
+                a, b = max(lo, bounds[k]) - bounds[k], min(hi, bounds[k + 1]) - bounds[k]
+                parts.append(cached[k].cut(a, b))
+            cached = {k: v for k, v in cached.items() if k >= last}  # forget the chunks behind
             yield self._to_batch(parts)
 
-    def _size(self, split: str) -> int:
-        if split not in SPLITS:
-            raise ValueError(f"split: expected one of {sorted(SPLITS)}, got {split!r}")
-        return self.sizes[split]
+    def _stream_chunk(self, split: str, c: int, shuffle_seed: int | None) -> _Chunk:
+        chunk = self._chunk(split, c)
+        if shuffle_seed is None:
+            return chunk
+        order = np.random.default_rng([shuffle_seed, 1, c]).permutation(len(chunk.dense))
+        return chunk.take(order)
 
     def _chunk(self, split: str, c: int) -> _Chunk:
         """Samples c·CHUNK … of ``split``, from their own generator."""
         rng = np.random.default_rng([self.seed, SPLITS[split], c])
         C = min(CHUNK, self.sizes[split] - c * CHUNK)
-        dense = rng.standard_normal((C, self.num_dense)).astype(self.dtype)
+        dense = rng.standard_normal((C, self.dense_in_features)).astype(self.dtype)
         lengths, ids = [], []
         for rows, longest in zip(self.num_embeddings, self.bag_lengths, strict=True):
             n = rng.integers(1, longest + 1, size=C) if longest > 1 else np.ones(C, np.int64)

@@ -203,3 +203,126 @@ def compare_sparse_with_torch(layer, module, inputs, seed=0) -> dict[str, float]
         theirs = torch_params[key].grad
         errors[key] = rel_error(ours, np.zeros_like(ours) if theirs is None else theirs.numpy())
     return errors
+
+
+# ------------------------------------------------------------------------------- training
+
+TORCH_DENSE_OPTIMIZERS = ("sgd", "adagrad", "adam")
+TORCH_EMBEDDING_OPTIMIZERS = ("sgd", "rowwise-adagrad")
+
+
+def torch_optimizer_like(module, dense: str, dense_lr: float, embedding: str, embedding_lr: float):
+    """TorchRec's optimizer for ``module`` as :func:`refimpl.train.loop.build_optimizer` builds
+    ours: a ``torchrec.optim.keyed.CombinedOptimizer`` of two ``KeyedOptimizerWrapper`` groups,
+    the tables with ``torch.optim.SGD`` or ``torchrec.optim.RowWiseAdagrad`` and every other
+    parameter with ``torch.optim.SGD``, ``Adagrad`` or ``Adam`` (single-tensor loops,
+    ``foreach=False``).
+
+    The tables' gradients are dense here (``nn.EmbeddingBag``'s default): every row is updated,
+    those absent from the batch with a zero gradient, which leaves a row and its row-wise
+    accumulator exactly as they were under SGD and row-wise Adagrad (no weight decay, no
+    momentum). TorchRec's fused path (``FusedEmbeddingBagCollection``, FBGEMM's row-wise
+    Adagrad) runs on CPU too, but stores its tables in float32 at most: it cannot take part in
+    a float64 comparison.
+    """
+    torch, _ = require_torchrec()
+    from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
+    from torchrec.optim.rowwise_adagrad import RowWiseAdagrad
+
+    from refimpl.train.loop import TABLE_PREFIX
+
+    dense_classes = {"sgd": torch.optim.SGD, "adagrad": torch.optim.Adagrad}
+    dense_classes["adam"] = torch.optim.Adam
+    named = dict(module.named_parameters())
+    tables = {k: p for k, p in named.items() if k.startswith(TABLE_PREFIX)}
+    others = {k: p for k, p in named.items() if k not in tables}
+
+    def dense_factory(params):
+        return dense_classes[dense](params, lr=dense_lr, foreach=False)
+
+    def table_factory(params):
+        if embedding == "rowwise-adagrad":
+            return RowWiseAdagrad(params, lr=embedding_lr)
+        return torch.optim.SGD(params, lr=embedding_lr, foreach=False)
+
+    return CombinedOptimizer(
+        [
+            ("dense", KeyedOptimizerWrapper(others, dense_factory)),
+            ("embedding", KeyedOptimizerWrapper(tables, table_factory)),
+        ]
+    )
+
+
+def compare_training_with_torch(
+    model,
+    batches,
+    dense: str = "adam",
+    dense_lr: float = 1e-3,
+    embedding: str = "rowwise-adagrad",
+    embedding_lr: float = 0.01,
+) -> dict[str, float]:
+    """Train a copy of ``model`` and TorchRec's twin on the same batches; return their gaps.
+
+    Both start from ``model``'s weights (in float64); each step runs forward, the mean binary
+    cross-entropy, backward and the update: refimpl's :func:`refimpl.train.loop.train_step`
+    with :func:`refimpl.train.loop.build_optimizer`, TorchRec's model with
+    :func:`torch_optimizer_like` and autograd. ``model`` itself is not changed.
+
+    Parameters
+    ----------
+    model : DLRM, DLRM_DCN or DLRM_Projection, float64
+    batches : sequence of Batch, or of (dense (B, I), KeyedJaggedArray, labels (B,) or (B, 1))
+        One step per batch; their keys must name the model's features. Dense features, labels
+        and per-id weights are taken in float64.
+    dense, dense_lr, embedding, embedding_lr
+        As :func:`refimpl.train.loop.build_optimizer`.
+
+    Returns
+    -------
+    dict
+        ``"logits step s"`` (before step s's update) for every step, then every parameter key
+        after the last step: relative errors (:func:`refimpl.tools.gradcheck.rel_error`).
+    """
+    import copy
+
+    torch, _ = require_torchrec()
+    from refimpl.layers.loss import BCEWithLogitsLoss
+    from refimpl.train.loop import build_optimizer, train_step
+
+    if model.dtype != np.float64:
+        raise TypeError(f"model: training parity is checked in float64, got {model.dtype}")
+    ours = copy.deepcopy(model)
+    optimizer = build_optimizer(ours, dense, dense_lr, embedding, embedding_lr)
+    module = torch_model_like(ours).double()
+    module.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in ours.params.items()})
+    torch_optimizer = torch_optimizer_like(module, dense, dense_lr, embedding, embedding_lr)
+    loss_fn = BCEWithLogitsLoss()
+    errors = {}
+    for step, batch in enumerate(map(_float64_batch, batches), 1):
+        torch_optimizer.zero_grad()
+        torch_logits = module(torch.from_numpy(batch.dense), torch_keyed_jagged(batch.sparse()))
+        labels = torch.from_numpy(batch.labels.astype(np.float64)[:, None])
+        torch.nn.functional.binary_cross_entropy_with_logits(torch_logits, labels).backward()
+        torch_optimizer.step()
+        logits = train_step(ours, loss_fn, optimizer, batch).logits
+        errors[f"logits step {step}"] = rel_error(logits, torch_logits.detach().numpy())
+    theirs = module.state_dict()
+    for key, value in ours.params.items():
+        errors[key] = rel_error(value, theirs[key].numpy())
+    return errors
+
+
+def _float64_batch(batch):
+    """A Batch (or a (dense, features, labels) triple) with float64 dense, labels, weights."""
+    from refimpl.data.batch import Batch
+
+    if not isinstance(batch, Batch):
+        dense, features, labels = batch
+        batch = Batch(dense, features.keys, features.values, features.lengths, features.weights,
+                      np.asarray(labels).reshape(-1))  # fmt: skip
+    weights = None if batch.weights is None else np.asarray(batch.weights, np.float64)
+    return batch._replace(
+        dense=np.asarray(batch.dense, np.float64),
+        labels=np.asarray(batch.labels, np.float64),
+        weights=weights,
+    )
