@@ -6,6 +6,7 @@ import pytest
 import refimpl
 from derivations.proof import mutated
 from refimpl.fast import crossnet as fast
+from refimpl.fast import vector_crossnet as fast_vector
 from refimpl.layers import crossnet as textbook
 from refimpl.layers.activations import softmax
 from refimpl.tools.check.cases import crossnet as cases
@@ -268,8 +269,9 @@ def test_backward_by_hand_for_one_crossnet_layer():
 
 # --- broken backwards must fail gradcheck ------------------------------------------------
 #
-# Each mutant is a one-line edit of the code the layer runs (the textbook functions for the
-# three polynomial networks, the fast path for the mixture), put in place for the test.
+# Each mutant is a one-line edit of the code the layer runs (the textbook functions for CrossNet
+# and LowRankCrossNet, the fast paths for VectorCrossNet and the mixture), put in place for the
+# test.
 
 MUTANTS = {
     "x̂ path dropped": (
@@ -292,10 +294,10 @@ MUTANTS = {
         "d_x_hat = d_x_hat + crosses[l] * d_x",
         "d_x_hat = d_x_hat",
     ),
-    "vector x̂ path dropped": (
-        textbook.vector_crossnet_backward,
-        "d_x_hat = d_x_hat + scores[l] * d_x",
-        "d_x_hat = d_x_hat",
+    "vector x̂ path dropped": (  # the fast form: a_L ⊙ G taken as G
+        fast_vector.vector_backward_fast,
+        "d_input += scales[:, num_layers, None] * d_out",
+        "d_input += d_out",
     ),
     "mixture x̂ path dropped": (
         fast.mixture_backward_fast,

@@ -245,3 +245,12 @@ def linear_uniform(rng: np.random.Generator, shape: tuple[int, ...], fan_in: int
     """nn.Linear's default initialisation: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
     bound = 1.0 / np.sqrt(fan_in)
     return rng.uniform(-bound, bound, size=shape).astype(dtype)
+
+
+def xavier_uniform(rng: np.random.Generator, shape: tuple[int, int], dtype) -> np.ndarray:
+    """torch.nn.init.xavier_uniform_ on a matrix: U(±√(6 / (fan_in + fan_out))).
+
+    fan_in = size(1), fan_out = size(0) (torch's rule for a 2-D tensor).
+    """
+    bound = np.sqrt(6.0 / (shape[0] + shape[1]))
+    return rng.uniform(-bound, bound, size=shape).astype(dtype)

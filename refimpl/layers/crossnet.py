@@ -32,6 +32,7 @@ from typing import NamedTuple
 import numpy as np
 
 from refimpl.fast.crossnet import mixture_backward_fast, mixture_forward_fast
+from refimpl.fast.vector_crossnet import vector_backward_fast, vector_forward_fast
 from refimpl.layers.activations import Activation, get_activation, softmax
 from refimpl.layers.base import (
     Layer,
@@ -428,7 +429,7 @@ class VectorCrossNet(_CrossNetBase):
         for l in range(self.num_layers):
             self._params[f"bias.{l}"] = np.zeros((n, 1), self.dtype)
 
-    def forward(self, x: np.ndarray) -> tuple[np.ndarray, VectorCache]:
+    def forward(self, x: np.ndarray):
         """
         Parameters
         ----------
@@ -437,24 +438,25 @@ class VectorCrossNet(_CrossNetBase):
         Returns
         -------
         out : ndarray, shape (B, N)
-        cache : VectorCache
+        cache : refimpl.fast.vector_crossnet.FastVectorCache (the numbers of
+            :func:`vector_crossnet_forward`, with no ``x_l`` formed)
         """
-        return vector_crossnet_forward(self._params, self._check_input(x))
+        return vector_forward_fast(self._params, self._check_input(x))
 
-    def backward(self, d_out: np.ndarray, cache: VectorCache) -> tuple[np.ndarray, dict]:
+    def backward(self, d_out: np.ndarray, cache) -> tuple[np.ndarray, dict]:
         """
         Parameters
         ----------
         d_out : ndarray, shape (B, N)
-        cache : VectorCache from ``forward``
+        cache : the cache from ``forward``
 
         Returns
         -------
         d_x : ndarray, shape (B, N)
         d_params : dict, keyed and shaped like ``params``
         """
-        self._check_d_out(d_out, cache.xs[0])
-        return vector_crossnet_backward(self._params, d_out, cache)
+        self._check_d_out(d_out, cache.x_hat)
+        return vector_backward_fast(self._params, d_out, cache)
 
 
 # ------------------------------------------------------------------- LowRankMixtureCrossNet

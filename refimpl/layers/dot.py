@@ -79,8 +79,8 @@ class InteractionArch(Layer):
 
     For speed the layer reads the pairs from ``C Sᵀ`` (a plain matrix product per sample)
     rather than ``C Cᵀ`` (which NumPy hands to the slower syrk), gathers ``G + Gᵀ`` into one
-    array instead of scattering ``G`` and adding its transpose, and multiplies the stacks of
-    per-sample matrices on all cores (:func:`stacked_matmul`). :func:`interaction_plain`
+    array instead of scattering ``G`` and adding its transpose, and splits the batch over all
+    cores (:mod:`refimpl.fast.dot`). :func:`interaction_plain`
     and :func:`interaction_plain_backward` keep the textbook forms above; the tests check that
     the layer gives the same numbers.
 
@@ -142,7 +142,7 @@ class InteractionArch(Layer):
         combined, _ = combine_features(dense, sparse, self.num_sparse_features)  # (B, F+1, D)
         if self.num_sparse_features == 0:  # TorchRec returns dense itself; a copy is safer
             return dense.copy(), DotCache(combined)
-        return dot_forward(dense, sparse, combined, self._fast_indices), DotCache(combined)
+        return dot_forward(dense, combined, self._fast_indices), DotCache(combined)
 
     def backward(self, d_out: np.ndarray, cache: DotCache):
         """

@@ -53,7 +53,8 @@ class LinearCache(NamedTuple):
 def linear_forward(params, x):
     """``y = x Wᵀ + b`` over ``{"weight": (O, I), "bias": (O,)}`` (no ``"bias"``: no bias).
 
-    The textbook form of :class:`Linear`; returns ``(y, LinearCache(x))``.
+    The textbook form of :class:`Linear`; returns ``(y, x)``: the input is all the backward
+    needs.
 
     >>> linear_forward({"weight": np.array([[2.0, -1.0]]), "bias": np.array([0.5])},
     ...                np.array([[1.0, 3.0]]))[0]
@@ -62,13 +63,12 @@ def linear_forward(params, x):
     out = x @ params["weight"].T  # (B, O)
     if "bias" in params:
         out = out + params["bias"]  # b added to every row, (B, O)
-    return out, LinearCache(x)
+    return out, x
 
 
-def linear_backward(params, d_out, cache: LinearCache):
-    """``(d_input, d_params)`` of :func:`linear_forward`: ``dx = G W``, ``dW = Gᵀ x``,
-    ``db = Σ_batch G``."""
-    (x,) = cache
+def linear_backward(params, d_out, x):
+    """``(d_input, d_params)`` of :func:`linear_forward` (``x`` its input): ``dx = G W``,
+    ``dW = Gᵀ x``, ``db = Σ_batch G``."""
     d_params = {"weight": d_out.T @ x}  # (O, I)
     if "bias" in params:
         d_params["bias"] = d_out.sum(axis=0)  # (O,)
@@ -146,7 +146,8 @@ class Linear(Layer):
         cache : LinearCache
         """
         check_array("input", input, "B I", {"I": self.in_features}, self.dtype)
-        return linear_forward(self._params, input)
+        out, _ = linear_forward(self._params, input)
+        return out, LinearCache(input)
 
     def backward(self, d_out: np.ndarray, cache: LinearCache):
         """
@@ -163,7 +164,7 @@ class Linear(Layer):
         """
         sizes = {"B": cache.input.shape[0], "O": self.out_features}
         check_array("d_out", d_out, "B O", sizes, self.dtype)
-        return linear_backward(self._params, d_out, cache)
+        return linear_backward(self._params, d_out, cache.input)
 
 
 class MLPCache(NamedTuple):
@@ -206,7 +207,7 @@ def mlp_backward(params, d_out, cache: MLPCache):
     for i in reversed(range(len(inputs))):
         d_z = d_x * get_activation(names[i]).derivative(activated[i])  # dz_i, (B, O_i)
         linear = sub_params(params, f"_mlp.{i}._linear.")
-        d_x, d_linear = linear_backward(linear, d_z, LinearCache(inputs[i]))  # dx_i, (B, I_i)
+        d_x, d_linear = linear_backward(linear, d_z, inputs[i])  # dx_i, (B, I_i)
         d_params.update(prefixed(f"_mlp.{i}._linear", d_linear))
     return d_x, {k: d_params[k] for k in params}
 
@@ -476,14 +477,14 @@ def over_arch_forward(params, x):
     """The textbook form of :class:`OverArch`: the ReLU MLP ``model.0``, then the Linear
     ``model.1`` with no activation. Returns ``(logits, OverArchCache)``."""
     hidden, mlp_cache = mlp_forward(sub_params(params, "model.0."), x)  # (B, layer_sizes[-2])
-    logits, linear_cache = linear_forward(sub_params(params, "model.1."), hidden)  # (B, O)
-    return logits, OverArchCache(mlp_cache, linear_cache)
+    logits, _ = linear_forward(sub_params(params, "model.1."), hidden)  # (B, O)
+    return logits, OverArchCache(mlp_cache, LinearCache(hidden))
 
 
 def over_arch_backward(params, d_out, cache: OverArchCache):
     """``(d_input, d_params)`` of :func:`over_arch_forward`: ``model.1``, then ``model.0``."""
     mlp_cache, linear_cache = cache
-    d_hidden, d_linear = linear_backward(sub_params(params, "model.1."), d_out, linear_cache)
+    d_hidden, d_linear = linear_backward(sub_params(params, "model.1."), d_out, linear_cache.input)
     d_x, d_mlp = mlp_backward(sub_params(params, "model.0."), d_hidden, mlp_cache)
     d_params = {**prefixed("model.0", d_mlp), **prefixed("model.1", d_linear)}
     return d_x, {k: d_params[k] for k in params}
