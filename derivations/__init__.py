@@ -17,10 +17,12 @@ expressions. A proof here never writes a backward of its own. It
 4. runs refimpl's *layer* (with its fast path) in float64 at the same point and measures it
    against SymPy's numbers: the float witness ``python -m refimpl check`` reports.
 
-One helper does steps 2–4 for every layer: :class:`derivations.proof.Proof`. Each module
-says which configurations it proves and lists deliberate one-line mistakes in refimpl's
-source (``MUTANTS``, applied with :func:`derivations.proof.mutated`) that the proof must
-reject.
+One helper does steps 2–4: :class:`derivations.proof.Proof`. Each module says which
+configurations it proves and lists deliberate one-line mistakes in refimpl's source
+(``MUTANTS``, applied with :func:`derivations.proof.mutated`) that the proof must reject. The
+FM and transformer proofs arrived with their own helper, :mod:`derivations.exact` (the same
+method: refimpl's textbook functions on SymPy, ``sympy.diff``, an identity or a rational
+point), not yet folded into :mod:`derivations.proof`.
 
 Modules
 -------
@@ -33,6 +35,8 @@ Modules
                     refimpl's backward
 ``crossnet``        the four cross networks, alone and inside InteractionDCNArch
 ``projection``      Linear, MLP, DenseArch, OverArch and the projection interaction
+``fm``, ``transformer``   the factorization machine and the transformer interaction
+                    (with ``exact``, their helper)
 ``embedding``, ``loss``, ``dlrm``   the embedding bag, the loss and whole tiny models
 
 SymPy is needed here only; refimpl itself needs NumPy alone.
