@@ -2,13 +2,12 @@
 dense features and to every parameter (the embedding rows included), is the exact derivative.
 
 :func:`refimpl.models.dlrm.dlrm_forward` and :func:`~refimpl.models.dlrm.dlrm_backward`
-(compositions of every layer's textbook form) run unchanged on object arrays of SymPy
-symbols: the dense features, every table, every weight and bias, and the upstream gradient
-``G`` of the logits. With ``L = Σ G ⊙ logits``, ``∂L/∂s`` is taken by ``sp.diff`` for every
-symbol ``s`` and compared, exactly, with the backward's entry for ``s``, both evaluated at one
-random rational point: the model has ReLUs, whose derivative is a step, and a rational point
-away from the steps turns both sides into rational numbers with no rounding. The table rows
-no id names must get exactly zero.
+(compositions of every layer's textbook form) run unchanged on object arrays of exact
+rationals. A :class:`derivations.proof.Proof` at a random rational point takes ``∂L/∂s`` of
+``L = Σ G ⊙ logits`` by ``sympy.diff`` for every entry ``s`` of the dense features, every
+table, every weight and bias, and compares it exactly with the backward's entry: the model has
+ReLUs, whose derivative is a step, and a rational point away from the steps turns both sides
+into rational numbers with no rounding. The table rows no id names must get exactly zero.
 
 Sizes: B = 2, F = 2 features with D = 2 (table t1 sums a bag holding one id twice; table t2
 takes the mean, with an empty bag), I = 2 dense features, DenseArch [2], OverArch [2, 1];
@@ -20,8 +19,8 @@ from __future__ import annotations
 from functools import cache
 
 import numpy as np
-import sympy as sp
 
+from derivations.proof import Proof, symbols
 from refimpl.models.dlrm import (
     DLRM,
     DLRM_DCN,
@@ -31,7 +30,6 @@ from refimpl.models.dlrm import (
     dlrm_forward,
     model_bags,
 )
-from refimpl.tools.gradcheck import rel_error
 
 KINDS = ("DLRM", "DLRM_DCN", "DLRM_Projection")
 BATCH, DENSE_IN = 2, 2
@@ -62,87 +60,75 @@ def tiny_model(kind: str):
     return model, features
 
 
-EPSILON = sp.Symbol("epsilon", positive=True)  # positive: SymPy decides Max(z, 0) sooner
+def _functions(kind: str):
+    """``(forward, backward)`` over the leaves: the model's textbook functions."""
+    model, features = tiny_model(kind)
+    spec = DLRMSpec.of(model)
+    bags = model_bags(model, features)
+
+    def split(values):
+        return values["dense_features"], {k: v for k, v in values.items() if k != "dense_features"}
+
+    def forward(values):
+        dense, params = split(values)
+        return dlrm_forward(params, dense, bags, spec)
+
+    def backward(values, d_logits, cache_):
+        d_dense, _, d_params = dlrm_backward(split(values)[1], d_logits, cache_, spec)
+        return {"dense_features": d_dense, **d_params}
+
+    return forward, backward
 
 
-def random_point(shape, rng) -> np.ndarray:
-    """An object array of exact rationals n / 2¹⁸, |n| < 2²⁰."""
-    out = np.empty(shape, dtype=object)
-    for index in np.ndindex(*shape):
-        out[index] = sp.Rational(int(rng.integers(-(2**20), 2**20)), 2**18)
+def leaves(kind: str) -> dict[str, np.ndarray]:
+    """The dense features and every parameter, keyed like the model's ``params``."""
+    model, _ = tiny_model(kind)
+    out = {"dense_features": symbols("x", (BATCH, DENSE_IN))}
+    out.update({key: symbols(key, value.shape) for key, value in model.params.items()})
     return out
 
 
 @cache
-def prove(kind: str = "DLRM", seed: int = 0):
-    """Prove the model's backward exact at a random rational point; AssertionError if not.
+def proof(kind: str = "DLRM", seed: int = 0) -> Proof:
+    """The proof of ``kind``'s backward at a random rational point (cached); AssertionError
+    naming the first entry that differs."""
+    result = Proof(
+        f"{kind} B={BATCH} F=2 D=2", *_functions(kind), leaves(kind), at_point=True, seed=seed
+    )
+    result.statement()
+    return result
 
-    The point gives every input, parameter and upstream entry a random rational. refimpl's
-    textbook backward runs there on exact rationals. For each entry ``s`` in turn, the textbook
-    forward runs with ``s`` moved to ``s + ε`` (ε a SymPy symbol, everything else at the
-    point), and ``∂L/∂s = dL/dε at ε = 0`` by ``sp.diff``: ReLU's ``Max(z, 0)`` is
-    differentiated symbolically into a step of ``z``, exact at the point since no ``z`` there
-    is 0. The two must be the same rational number, entry by entry.
+
+def prove(kind: str = "DLRM", seed: int = 0):
+    """Prove the model's backward exact at a random rational point (see :func:`proof`).
 
     Returns ``(values, logits, d_dense, d_params)``: the point (key → rational array, the
-    upstream under ``"G"``) and the exact logits and gradients there.
+    upstream under ``"G"``) and the exact logits and gradients there (dense arrays).
 
     >>> values, logits, d_dense, d_params = prove("DLRM")
-    >>> all(isinstance(v, sp.Rational) for v in logits.ravel())
+    >>> all(v.is_Rational for v in logits.ravel())
     True
     >>> d_params["sparse_arch.embedding_bag_collection.embedding_bags.t1.weight"][1].tolist()
     [0, 0]
     """
-    model, features = tiny_model(kind)
-    spec = DLRMSpec.of(model)
-    bags = model_bags(model, features)
-    rng = np.random.default_rng(seed)
-    values = {"dense_features": random_point((BATCH, DENSE_IN), rng)}
-    values.update({key: random_point(value.shape, rng) for key, value in model.params.items()})
-    upstream = random_point((BATCH, 1), rng)  # G
-
-    def loss(leaves):
-        params = {k: v for k, v in leaves.items() if k != "dense_features"}
-        logits, _ = dlrm_forward(params, leaves["dense_features"], bags, spec)
-        return sp.Add(*(upstream * logits).ravel()), logits  # L = Σ G ⊙ logits
-
-    params = {k: v for k, v in values.items() if k != "dense_features"}
-    logits, cache_ = dlrm_forward(params, values["dense_features"], bags, spec)
-    d_dense, _, d_params = dlrm_backward(params, upstream, cache_, spec)
-    claimed = {"dense_features": d_dense}
-    claimed.update({k: v.to_dense() if hasattr(v, "to_dense") else v for k, v in d_params.items()})
-    for key, array in values.items():
-        for index in np.ndindex(*array.shape):
-            moved = dict(values)
-            moved[key] = array.copy()
-            moved[key][index] = array[index] + EPSILON  # s + ε, everything else at the point
-            exact = sp.diff(loss(moved)[0], EPSILON).subs(EPSILON, 0)
-            ours = sp.sympify(claimed[key][index])
-            assert exact.is_Rational and exact == ours, (
-                f"{kind}: dL/d {key}{list(index)}: sp.diff gives {exact}, the backward {ours}"
-            )
-    values["G"] = upstream
-    return values, logits, d_dense, {k: claimed[k] for k in d_params}
+    result = proof(kind, seed)
+    values = {**result.values, "G": result.upstream}
+    d_params = {k: v for k, v in result.gradients.items() if k != "dense_features"}
+    return values, result.output, result.gradients["dense_features"], d_params
 
 
 def symbolic_witness(kind: str = "DLRM", seed: int = 0) -> float:
-    """Prove (see :func:`prove`), then run the model class (its fast paths) in float64 at the
-    same rational point; the worst relative error of its logits and gradients against the
-    exact values.
+    """Prove (see :func:`proof`), then run the model class (its fast paths) in float64 at the
+    same rational point; the worst relative error of its logits and gradients against
+    SymPy's.
 
     >>> symbolic_witness("DLRM") < 1e-12
     True
     """
-    values, logits, d_dense, d_params = prove(kind, seed)
+    result = proof(kind, seed)
     model, features = tiny_model(kind)
-    model.load_state_dict({key: values[key].astype(float) for key in model.params})
-    out, cache_ = model.forward(values["dense_features"].astype(float), features)
-    d_dense_float, _, d_params_float = model.backward(values["G"].astype(float), cache_)
-    errors = [
-        rel_error(out, logits.astype(float)),
-        rel_error(d_dense_float, d_dense.astype(float)),
-    ]
-    for key, value in d_params_float.items():
-        value = value.to_dense() if hasattr(value, "to_dense") else value
-        errors.append(rel_error(value, d_params[key].astype(float)))
-    return max(errors)
+    floats = {key: value.astype(np.float64) for key, value in result.values.items()}
+    model.load_state_dict({key: floats[key] for key in model.params})
+    out, cache_ = model.forward(floats["dense_features"], features)
+    d_dense, _, d_params = model.backward(result.upstream.astype(np.float64), cache_)
+    return max(result.compare(out, {"dense_features": d_dense, **d_params}).values())

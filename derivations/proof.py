@@ -14,35 +14,42 @@ on the moved leaves, and ::
     dL/dε at ε = 0  =  Σ_s (∂L/∂s) δ_s
 
 is the whole gradient, each ``∂L/∂s`` the coefficient of its own ``δ_s`` (``sympy.diff`` does
-the differentiating, through every product, sum, ``exp`` and ``max`` the forward wrote). The
-backward's claim is ``Σ_s backward(G)[s] δ_s``; the two are equal exactly when their difference
-is zero, and the first ``δ_s`` whose coefficient is not zero names the wrong entry.
+the differentiating, through every product, sum, ``exp``, square root and ``max`` the forward
+wrote). The backward's claim is ``Σ_s backward(G)[s] δ_s``; the two are equal exactly when
+their difference is zero, and the first ``δ_s`` whose coefficient is not zero names the wrong
+entry. (Moving one entry at a time instead, one forward per entry with everything else a
+number, was measured too: it is no faster for a whole tiny DLRM and 2–3 times slower for the
+larger layers, so there is one way.)
 
 Exactly equal, two ways
 -----------------------
 * **As an identity** (``at_point=False``): inputs, parameters and ``G`` are symbols and the
-  difference is expanded; zero means equal for every value. For small polynomial layers.
+  difference is expanded (put over a common denominator where it has one); zero means equal
+  for every value. Every ``exp`` in it is first given a free positive symbol of its own, the
+  same on both sides. For polynomial layers and small rational ones (the softmax, the loss).
 * **At a random rational point** (``at_point=True``): inputs, parameters and ``G`` are random
-  rationals ``n / 2³²`` with ``|n| ≤ 2³³``, every value of ``exp`` the forward creates (tanh
-  and sigmoid are written through ``exp``, the softmax is ``exp`` over its sum) is replaced on
-  both sides by a random rational of its own, and ReLU's ``max`` and step are evaluated
-  exactly. The difference is then a rational number, computed without rounding. A wrong
-  backward would make it a nonzero rational function ``P / Q`` of those values, and a nonzero
-  polynomial ``P`` of total degree ``d`` vanishes at a point drawn this way with probability
-  at most ``d / 2³⁴`` (the Schwartz–Zippel lemma; each coordinate comes from a set of at least
-  2³³ values). ``d`` is a few dozen here, so a wrong backward passes with probability below
-  1e-8 — and every deliberate mistake in the tests is caught. Giving ``exp`` free values makes
-  the statement stronger, not weaker: the backward is right whatever those values are, as
-  long as each slope follows its rule (``d e^u = e^u du``), which SymPy applies on one side
-  and :mod:`refimpl.layers.activations` writes from the outputs on the other. Used for the
-  layers with nonlinearities and wherever expanding would take minutes.
+  rationals ``n / 2³²`` with ``|n| ≤ 2³³``, every value of ``exp`` (tanh and sigmoid are
+  written through ``exp``, the softmax is ``exp`` over its sum) is replaced on both sides by a
+  random positive rational of its own, ReLU's ``max`` and step are evaluated exactly and
+  square roots stay exact algebraic numbers. The difference is then a number, computed
+  without rounding. A wrong backward would make it a nonzero rational function ``P / Q`` of
+  those values, and a nonzero polynomial ``P`` of total degree ``d`` vanishes at a point drawn
+  this way with probability at most ``d / 2³⁴`` (the Schwartz–Zippel lemma; each coordinate
+  comes from a set of at least 2³³ values). ``d`` is a few dozen here, so a wrong backward
+  passes with probability below 1e-8 — and every deliberate mistake in the tests is caught.
+
+Giving ``exp`` free values (in both ways) makes the statement stronger, not weaker: the
+backward is right whatever those values are, as long as each slope follows its rule
+(``d e^u = e^u du``), which SymPy applies on one side and :mod:`refimpl.layers.activations`
+writes from the outputs on the other.
 
 The float witness
 -----------------
 :meth:`Proof.float_errors` runs refimpl's *layer* — the class, with its fast path where it has
 one — in float64 at the same point (every ``n / 2³²`` is a float64 exactly), and compares it
-with SymPy's output and derivative there, lambdified with the true ``exp`` values: the worst
-relative error, round-off (~1e-15) when all is well.
+with SymPy's output and derivative there, with the true ``exp`` values
+(:meth:`Proof.exact_floats`): the worst relative error, round-off (~1e-15) when all is well.
+:meth:`Proof.compare` does the comparing for a layer that is not called like the others.
 
 >>> x, w = symbols("x", (1, 2)), symbols("w", (2,))
 >>> def forward(leaves):
@@ -168,11 +175,61 @@ def _collect(expression, kinds: tuple, seen: set, found: dict) -> None:
         _collect(arg, kinds, seen, found)
 
 
+def _has_denominator(expression: sp.Expr) -> bool:
+    """A power with a negative exponent of something that is not a number: a fraction
+    ``expand`` leaves apart, which only a common denominator can cancel."""
+    return any(p.exp.is_negative and not p.base.is_number for p in expression.atoms(sp.Pow))
+
+
+def free_symbol(count: int) -> sp.Symbol:
+    """The free value of the ``count``-th exponential of an identity: a positive symbol."""
+    return sp.Symbol(f"exp_{count}", positive=True)
+
+
+def reduce_exactly(expression, free: dict, fresh: Callable[[int], sp.Expr] = free_symbol):
+    """``expression`` with every exponential a free value, expanded, over a common denominator
+    where it has one and with square roots of numbers in one form: zero exactly when it
+    vanishes whatever values the exponentials take.
+
+    ``free`` maps each exponential met so far to its value and grows with new ones (drawn by
+    ``fresh(len(free))``), so expressions reduced with the same ``free`` agree on them.
+
+    >>> z = symbols("z", (2,))
+    >>> p = [sp.exp(v) / (sp.exp(z[0]) + sp.exp(z[1])) for v in z]  # a softmax over two
+    >>> reduce_exactly(p[0] + p[1] - 1, {})
+    0
+    """
+    expression = sp.sympify(expression)
+    found: dict = {}
+    _collect(expression, (sp.exp,), set(), found)
+    for atom in found:
+        if atom not in free:
+            free[atom] = fresh(len(free))
+    if found:
+        expression = substitute(expression, free, {})
+    if _has_denominator(expression):  # a rational function: its numerator, over one denominator
+        reduced = sp.expand(sp.fraction(sp.cancel(expression))[0])
+    else:
+        reduced = sp.expand(expression)
+    if reduced != 0 and any(p.base.is_number for p in reduced.atoms(sp.Pow)):
+        reduced = sp.expand(sp.radsimp(reduced))  # square roots: one canonical form
+    return reduced
+
+
 def _weighted_sum(arrays: Mapping[str, np.ndarray], weights: Mapping[str, np.ndarray]) -> sp.Expr:
     terms = []
     for key, array in arrays.items():
         terms += [a * w for a, w in zip(np.ravel(array), np.ravel(weights[key]), strict=True)]
     return sp.Add(*terms)
+
+
+def _dense(gradient):
+    """A row-sparse gradient (anything with ``to_dense``) as the dense array it stands for."""
+    return gradient.to_dense() if hasattr(gradient, "to_dense") else gradient
+
+
+def _entry_name(key: str, index: tuple[int, ...]) -> str:
+    return f"{key}[{', '.join(map(str, index))}]"
 
 
 class Proof:
@@ -186,7 +243,7 @@ class Proof:
         ``forward(leaves) -> (out, cache)``: refimpl's textbook forward on object arrays.
     backward : callable
         ``backward(leaves, d_out, cache) -> {key: gradient}``, one gradient per leaf, keyed and
-        shaped like ``leaves``.
+        shaped like ``leaves`` (a row-sparse one counts as the dense array it stands for).
     leaves : dict of str to ndarray
         Every input and parameter, as object arrays of SymPy symbols (:func:`symbols`); at a
         point they name the entries and give the shapes.
@@ -194,7 +251,7 @@ class Proof:
         Prove at a random rational point instead of as an identity (see the module's
         docstring for why that is exact and sound).
     seed : int
-        The point's random numbers.
+        The point's random numbers, and the exponentials' free values.
 
     Attributes
     ----------
@@ -205,7 +262,7 @@ class Proof:
     output : ndarray
         The forward's output at ``values``.
     gradients : dict
-        What the backward returned, keyed like ``leaves``.
+        What the backward returned, keyed like ``leaves`` (dense).
     directional : Expr
         SymPy's ``Σ_s (∂L/∂s) δ_s``.
     """
@@ -231,9 +288,9 @@ class Proof:
         moved = {key: leaves[key] + EPSILON * self.directions[key] for key in leaves}
         out_moved, cache_moved = forward(moved)
         if at_point:
-            self.upstream = random_rationals(self.rng, out_moved.shape)
+            self.upstream = random_rationals(self.rng, np.shape(out_moved))
         else:
-            self.upstream = symbols("g", out_moved.shape)
+            self.upstream = symbols("g", np.shape(out_moved))
         loss = sp.Add(*(self.upstream * out_moved).ravel())  # L = Σ G ⊙ Y
         # ε = 0 in the output and the cache too, with one memo: every nonlinear value is then
         # the same SymPy object in the derivative and in what the backward reads.
@@ -242,81 +299,120 @@ class Proof:
         self.directional = substitute(sp.diff(loss, EPSILON), at_zero, memo)
         self.output = map_arrays(lambda e: substitute(e, at_zero, memo), out_moved)
         cache = map_arrays(lambda e: substitute(e, at_zero, memo), cache_moved)
-        self.gradients = dict(backward(self.values, self.upstream, cache))
-        if set(self.gradients) != set(leaves):
+        self._run_backward(backward, cache)
+        self.claimed = _weighted_sum(self.gradients, self.directions)
+
+    def _run_backward(self, backward: Backward, cache) -> None:
+        gradients = dict(backward(self.values, self.upstream, cache))
+        if set(gradients) != set(self.values):
             raise ValueError(
-                f"{name}: the backward returns gradients for {sorted(self.gradients)}, "
-                f"expected exactly {sorted(leaves)}"
+                f"{self.name}: the backward returns gradients for {sorted(gradients)}, "
+                f"expected exactly {sorted(self.values)}"
             )
-        for key, value in leaves.items():
+        self.gradients = {key: _dense(gradients[key]) for key in self.values}
+        for key, value in self.values.items():
             if np.shape(self.gradients[key]) != np.shape(value):
                 raise ValueError(
-                    f"{name}: {key}'s gradient has shape {np.shape(self.gradients[key])}, "
+                    f"{self.name}: {key}'s gradient has shape {np.shape(self.gradients[key])}, "
                     f"the leaf {np.shape(value)}"
                 )
-        self.claimed = _weighted_sum(self.gradients, self.directions)
+
+    # ---------------------------------------------------------------- deciding
 
     @functools.cached_property
     def gap(self) -> str | None:
         """The first leaf entry where the backward differs from SymPy's derivative (e.g.
         ``"x[0, 1]"``), or None where there is none."""
         difference = self.directional - self.claimed
-        if self.at_point:
-            found: dict = {}
-            _collect(difference, (sp.exp,), set(), found)
-            free = {}
-            for atom in found:  # exp's values: positive, like the real ones
-                free[atom] = sp.Rational(int(self.rng.integers(1, 4 * POINT_SCALE)), POINT_SCALE)
-            difference = substitute(difference, free, {})
-        expanded = sp.expand(difference)
-        if expanded == 0:
+        if self.at_point:  # each exponential a free positive rational
+
+            def fresh(count):
+                return sp.Rational(int(self.rng.integers(1, 4 * POINT_SCALE)), POINT_SCALE)
+
+            reduced = reduce_exactly(difference, {}, fresh)
+        else:  # each exponential a free positive symbol
+            reduced = reduce_exactly(difference, {})
+        if reduced == 0:
             return None
         for key, deltas in self.directions.items():
             for index, delta in np.ndenumerate(deltas):
-                if expanded.coeff(delta) != 0:
-                    return f"{key}[{', '.join(map(str, index))}]"
-        raise AssertionError(f"{self.name}: a difference without a direction: {expanded}")
+                if reduced.coeff(delta) != 0:
+                    return _entry_name(key, index)
+        raise AssertionError(f"{self.name}: a difference without a direction: {reduced}")
 
     def statement(self) -> str:
         """The statement proven, saying how; AssertionError naming the entry if not proven."""
         if self.gap is not None:
-            raise AssertionError(f"not proven: {self.name}; the backward differs at {self.gap}")
+            raise AssertionError(
+                f"not proven: {self.name}; the backward differs from SymPy's derivative at "
+                f"{self.gap}"
+            )
         how = "exact at a random rational point" if self.at_point else "identity"
         return f"{self.name}: the backward equals the symbolic gradient ({how})"
+
+    @property
+    def loss(self) -> sp.Expr:
+        """``L = Σ G ⊙ Y`` at ``values``: what the backward's gradients are derivatives of."""
+        return sp.Add(*(self.upstream * self.output).ravel())
+
+    # ---------------------------------------------------------------- the float witness
+
+    @functools.cached_property
+    def _exact_floats(self) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        if not self.at_point:
+            raise ValueError(f"{self.name}: the float witness runs at a point (at_point=True)")
+        output = np.asarray(self.output).astype(np.float64)
+        # Σ_s (∂L/∂s) δ_s lambdified and evaluated with δ running over the unit vectors:
+        # every ∂L/∂s in one call.
+        # Powers of numbers (√n, 1/(1 + e^r)) are evaluated by SymPy first, to 30 digits:
+        # NumPy would meet √n with n beyond int64 as a Python int it cannot take the root of.
+        deltas = [s for key in self.values for s in np.ravel(self.directions[key])]
+        roots = {p: p.evalf(30) for p in self.directional.atoms(sp.Pow) if p.base.is_number}
+        derivative = sp.lambdify(deltas, self.directional.xreplace(roots), "numpy", cse=True)
+        flat = np.broadcast_to(derivative(*np.eye(len(deltas))), (len(deltas),))  # δ = e_s
+        gradients, start = {}, 0
+        for key, value in self.values.items():
+            gradients[key] = flat[start : start + value.size].reshape(value.shape)
+            start += value.size
+        return output, gradients
+
+    def exact_floats(self) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """SymPy's output and ``∂L/∂s`` for every leaf at this point, in float64, with the
+        true ``exp`` values: what refimpl's layer must compute there."""
+        output, gradients = self._exact_floats
+        return output.copy(), {key: value.copy() for key, value in gradients.items()}
+
+    def compare(self, output, gradients: Mapping[str, np.ndarray]) -> dict[str, float]:
+        """Float arrays computed at this point against :meth:`exact_floats`.
+
+        ``gradients`` holds one array per leaf (row-sparse ones densified). Returns
+        ``"output"``, then every leaf in ``values``' order: the worst
+        :func:`refimpl.tools.gradcheck.rel_error` against SymPy.
+        """
+        if set(gradients) != set(self.values):
+            raise ValueError(
+                f"{self.name}: gradients for {sorted(gradients)}, expected {sorted(self.values)}"
+            )
+        exact_output, exact = self._exact_floats
+        errors = {"output": rel_error(np.reshape(output, exact_output.shape), exact_output)}
+        for key in self.values:
+            errors[key] = rel_error(_dense(gradients[key]), exact[key])
+        return errors
 
     def float_errors(self, layer, input_names: tuple[str, ...]) -> dict[str, float]:
         """refimpl's ``layer`` in float64 at this point against SymPy's output and derivative.
 
         ``layer`` loads the point's parameters (every leaf not in ``input_names``) with
         ``load_state_dict``, runs ``forward`` on the point's inputs and ``backward`` on
-        ``G``. SymPy's output and ``Σ_s (∂L/∂s) δ_s`` are lambdified (true ``exp`` values)
-        and evaluated with ``δ`` running over the unit vectors: every ``∂L/∂s`` in one call.
-
-        Returns
-        -------
-        dict
-            ``"output"``, then every leaf: the worst
-            :func:`refimpl.tools.gradcheck.rel_error` of the layer against SymPy.
+        ``G``; :meth:`compare` measures the result.
         """
         if not self.at_point:
             raise ValueError(f"{self.name}: the float witness runs at a point (at_point=True)")
         floats = {key: value.astype(np.float64) for key, value in self.values.items()}
-        deltas = [s for key in self.values for s in np.ravel(self.directions[key])]
-        derivative = sp.lambdify(deltas, self.directional, "numpy", cse=True)
-        flat = np.broadcast_to(derivative(*np.eye(len(deltas))), (len(deltas),))  # δ = e_s
-        exact_output = self.output.astype(np.float64)
         layer.load_state_dict({k: v for k, v in floats.items() if k not in input_names})
         out, cache = layer.forward(*(floats[name] for name in input_names))
         *d_inputs, d_params = layer.backward(self.upstream.astype(np.float64), cache)
-        ours = {**dict(zip(input_names, d_inputs, strict=True)), **d_params}
-        errors = {"output": rel_error(out, exact_output)}
-        start = 0
-        for key, value in self.values.items():
-            exact = flat[start : start + value.size].reshape(value.shape)
-            ours_key = ours[key].to_dense() if hasattr(ours[key], "to_dense") else ours[key]
-            errors[key] = rel_error(ours_key, exact)
-            start += value.size
-        return errors
+        return self.compare(out, {**dict(zip(input_names, d_inputs, strict=True)), **d_params})
 
 
 def prove_with(
