@@ -106,5 +106,25 @@ BACKWARD_NEEDS = {
         "output, exactly what the cache holds (layer i's output is layer i+1's input; φ' is "
         "read from φ's output, so no pre-activations)"
     ),
+    "FactorizationMachine": "x, the flattened input (N), and s = Σ x (1): dx = d_out·(s − x)",
+    "FMInteractionArch": (
+        "x = flatten(E) (N: dW of the deep branch and the FM's s − x, one array for both), "
+        "the deep branch's output (DI: ReLU's derivative) and s (1): N + DI + 1"
+    ),
+    "InteractionTransformerArch": (
+        "per encoder layer, per token: the attention's input (dW_in), q, k, v (H·h = D each), "
+        "the softmax P (H·S: S = F+1 within a sample, S = B across the batch), the merged "
+        "context (dW_out), each layer norm's x̂ and 1/σ, the feed-forward's input (dW₁) and "
+        "its hidden ReLU output (M: dW₂ and ReLU's derivative)"
+    ),
+    "EmbeddingBagCollection": (
+        "the ids and bag sizes alone (the inputs: each bag's gradient is added into the rows "
+        "of its ids); the looked-up rows E[ids] too when weighted (dw = d_bag · E[id])"
+    ),
+    "DLRM_DCN": "its parts': the two MLPs' (see MLP), the cross network's, the collection's ids",
+    "train_step": (
+        "the model's forward cache (shown; see DLRM_DCN); the loss keeps the logits and labels "
+        "(B each), from which its backward computes σ(logits) − y"
+    ),
 }
 BACKWARD_NEEDS["DenseArch"] = BACKWARD_NEEDS["OverArch"] = BACKWARD_NEEDS["MLP"]
