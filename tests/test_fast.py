@@ -7,10 +7,18 @@ as written in the docstring. The mixture never forms its K crosses; ``mixture_fo
 ``vector_crossnet_backward`` do. They must agree in every option and dtype.
 """
 
+import importlib
+
 import numpy as np
 import pytest
 
 import refimpl
+from refimpl.fast import crossnet as fast_crossnet
+from refimpl.fast import dot as fast_dot
+from refimpl.fast import embedding as fast_embedding
+from refimpl.fast import fm as fast_fm
+from refimpl.fast import transformer as fast_transformer
+from refimpl.fast import vector_crossnet as fast_vector
 from refimpl.fast.threads import SPLIT_MIN_WORK, batch_slices, num_threads, on_batch_slices
 from refimpl.layers.crossnet import (
     mixture_backward,
@@ -110,9 +118,11 @@ def test_fast_layer_equals_plain_form_when_the_batch_is_split(rng, monkeypatch, 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize(
     ("num_experts", "low_rank", "activation"),
-    [(1, 2, "relu"), (3, 2, "relu"), (2, 3, "tanh"), (4, 1, "identity")],
+    [(1, 2, "relu"), (3, 2, "relu"), (2, 3, "tanh"), (4, 1, "identity"), (2, 2, "sigmoid")],
 )
-def test_fast_mixture_equals_textbook_form(rng, dtype, num_experts, low_rank, activation):
+def test_fast_mixture_equals_textbook_form(
+    rng, randomize_biases, dtype, num_experts, low_rank, activation
+):
     net = refimpl.LowRankMixtureCrossNet(
         9,
         3,
@@ -122,9 +132,7 @@ def test_fast_mixture_equals_textbook_form(rng, dtype, num_experts, low_rank, ac
         seed=rng,
         dtype=dtype,
     )
-    for key, value in net.params.items():
-        if key.startswith("bias."):  # TorchRec's zero biases would leave their path untested
-            value[...] = 0.1 * rng.standard_normal(value.shape)
+    randomize_biases(net, rng)  # TorchRec's zero biases would leave their path untested
     x = rng.standard_normal((5, 9)).astype(dtype)  # (B, N)
     out, cache = net.forward(x)
     plain_out, plain_cache = mixture_forward(net.params, x, activation)
@@ -173,3 +181,34 @@ def test_fast_vector_crossnet_keeps_no_layer_state(rng):
     _, cache = net.forward(x)
     assert cache.x_hat is x
     assert cache.scores.shape == cache.projections.shape == (3, 4)
+
+
+FAST_PATHS = [
+    (fast_dot.dot_forward, "refimpl.layers.dot.dot_interaction"),
+    (fast_dot.dot_backward, "refimpl.layers.dot.dot_interaction_backward"),
+    (fast_crossnet.mixture_forward_fast, "refimpl.layers.crossnet.mixture_forward"),
+    (fast_crossnet.mixture_backward_fast, "refimpl.layers.crossnet.mixture_backward"),
+    (fast_vector.vector_forward_fast, "refimpl.layers.crossnet.vector_crossnet_forward"),
+    (fast_vector.vector_backward_fast, "refimpl.layers.crossnet.vector_crossnet_backward"),
+    (fast_embedding.bag_sums, "refimpl.layers.embedding.segment_sum"),
+    (fast_fm.fm_scalar_pairs_forward_fast, "refimpl.layers.fm.fm_scalar_pairs_forward"),
+    (fast_fm.fm_scalar_pairs_backward_fast, "refimpl.layers.fm.fm_scalar_pairs_backward"),
+    (
+        fast_transformer.encoder_layer_forward_fast,
+        "refimpl.layers.transformer.encoder_layer_forward",
+    ),
+    (
+        fast_transformer.encoder_layer_backward_fast,
+        "refimpl.layers.transformer.encoder_layer_backward",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("function", "textbook"), FAST_PATHS, ids=lambda f: getattr(f, "__name__", f)
+)
+def test_each_fast_path_names_the_textbook_function_it_equals(function, textbook):
+    # In its docstring's first sentence; the tests above check that the numbers agree.
+    assert textbook in function.__doc__.split("\n\n")[0]
+    module, name = textbook.rsplit(".", 1)
+    assert callable(getattr(importlib.import_module(module), name))

@@ -48,7 +48,9 @@ def dot_indices(num_sparse_features: int, rows: np.ndarray, cols: np.ndarray) ->
 
 
 def dot_forward(dense: np.ndarray, combined: np.ndarray, indices: DotIndices) -> np.ndarray:
-    """``concat(dense, (C Cᵀ)[:, rows, cols])`` for F >= 1, (B, D + P), read from ``C Sᵀ``.
+    """The output of :func:`refimpl.layers.dot.dot_interaction` for F >= 1, read from ``C Sᵀ``.
+
+    ``concat(dense, (C Cᵀ)[:, rows, cols])``, (B, D + P).
 
     ``combined`` is ``C = [dense; sparse]`` (B, F+1, D), already stacked by the caller.
     """
@@ -73,7 +75,10 @@ def dot_forward(dense: np.ndarray, combined: np.ndarray, indices: DotIndices) ->
 def dot_backward(
     d_out: np.ndarray, combined: np.ndarray, indices: DotIndices
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``dC = (G + Gᵀ) C`` split into ``(d_dense, d_sparse)``, with ``G + Gᵀ`` gathered."""
+    """:func:`refimpl.layers.dot.dot_interaction_backward`, with ``G + Gᵀ`` gathered.
+
+    ``dC = (G + Gᵀ) C`` split into ``(d_dense, d_sparse)``.
+    """
     batch, n, dim = combined.shape
     num_pairs = d_out.shape[1] - dim
     d_combined = np.empty_like(combined)  # dC, (B, F+1, D)

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from refimpl.fast.threads import matmul_threads
+from refimpl.fast.threads import num_threads
 from refimpl.layers import transformer as textbook  # read at call time: the layer imports us
 from refimpl.layers.mlp import linear_backward, linear_forward, prefixed
 
@@ -30,7 +30,7 @@ def _blocks(rows: int, width: int, itemsize: int) -> list[slice]:
 
 
 def _run_blocks(function, blocks: list[slice]):
-    threads = min(matmul_threads(), len(blocks))
+    threads = min(num_threads(), len(blocks))
     if threads < 2:
         return [function(block) for block in blocks]
     with ThreadPoolExecutor(threads, thread_name_prefix="refimpl-ff") as pool:

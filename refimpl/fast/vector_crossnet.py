@@ -55,7 +55,10 @@ def _scales(scores: np.ndarray) -> np.ndarray:
 
 
 def vector_forward_fast(params, x_hat: np.ndarray):
-    """``(x_L, FastVectorCache)``: the numbers of the textbook ``vector_crossnet_forward``."""
+    """:func:`refimpl.layers.crossnet.vector_crossnet_forward`'s ``x_L``, never forming x_l.
+
+    Returns ``(x_L, FastVectorCache)``.
+    """
     num_layers = sum(key.startswith("bias.") for key in params)
     kernels = _rows(params, "kernels", num_layers)  # w_lᵀ, (L, N)
     offsets = _offsets(_rows(params, "bias", num_layers))  # β_l, (L+1, N)
@@ -72,7 +75,7 @@ def vector_forward_fast(params, x_hat: np.ndarray):
 
 
 def vector_backward_fast(params, d_out: np.ndarray, cache: FastVectorCache):
-    """``(d_input, d_params)``: the numbers of the textbook ``vector_crossnet_backward``."""
+    """:func:`refimpl.layers.crossnet.vector_crossnet_backward`'s ``(d_input, d_params)``."""
     x_hat, scores, projections = cache
     num_layers = scores.shape[1]
     kernels = _rows(params, "kernels", num_layers)  # w_lᵀ, (L, N)

@@ -129,6 +129,20 @@ def combine_features(
     return np.concatenate([dense[:, None, :], sparse], axis=1), sizes  # (B, F+1, D)
 
 
+def prefixed(prefix: str, grads: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A child's parameter gradients under the child's name, as ``Layer.params`` keys them."""
+    return {f"{prefix}.{k}": v for k, v in grads.items()}
+
+
+def sub_params(params: Mapping[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
+    """The entries of ``params`` under ``prefix``, the prefix removed (a child's own keys).
+
+    >>> sub_params({"model.0.weight": 1, "model.1.weight": 2}, "model.0.")
+    {'weight': 1}
+    """
+    return {k[len(prefix) :]: v for k, v in params.items() if k.startswith(prefix)}
+
+
 class Layer:
     """Base class: parameters as a dict, state-dict loading, and the call convention.
 

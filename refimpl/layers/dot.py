@@ -38,11 +38,11 @@ def pair_indices(
     """
     if pair_order not in PAIR_ORDERS:
         raise ValueError(f"pair_order: expected one of {PAIR_ORDERS}, got {pair_order!r}")
-    n = num_sparse_features + 1
+    num_vectors = num_sparse_features + 1  # F+1: the dense vector and the F sparse ones
     offset = 0 if self_interaction else 1
     if pair_order == "triu":
-        return np.triu_indices(n, k=offset)
-    return np.tril_indices(n, k=-offset)
+        return np.triu_indices(num_vectors, k=offset)
+    return np.tril_indices(num_vectors, k=-offset)
 
 
 class DotCache(NamedTuple):
@@ -199,8 +199,8 @@ def dot_interaction_backward(
     >>> d_dense                                     # 1 + s0 + s1
     array([[ 9., 12.]])
     """
-    batch, n, dim = combined.shape
-    d_gram = np.zeros((batch, n, n), combined.dtype)  # G, (B, F+1, F+1)
+    batch, num_vectors, dim = combined.shape  # (B, F+1, D)
+    d_gram = np.zeros((batch, num_vectors, num_vectors), combined.dtype)  # G, (B, F+1, F+1)
     d_gram[:, rows, cols] = d_out[:, dim:]
     d_combined = (d_gram + d_gram.transpose(0, 2, 1)) @ combined  # (B, F+1, D)
     d_dense = d_out[:, :dim] + d_combined[:, 0]  # (B, D)

@@ -1,7 +1,7 @@
 """Analytic floating-point operation counts for every layer, forward and backward.
 
 ``python -m refimpl bench`` divides these counts by measured times to report GFLOP/s. They count
-the work the layer's formulas (DESIGN §4, and the backward written beside each layer) require,
+the work the layer's formulas (the textbook forward and backward beside each layer) require,
 not what a particular implementation happens to do: a layer that computes the whole of
 ``C Cᵀ`` to keep half of it does more arithmetic than it is credited with.
 
@@ -31,9 +31,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import NamedTuple
 
-# Per element: (forward, backward) FLOPs of an activation. ReLU and its mask are selections;
-# tanh is one op forward and d·(1 − a·a) = 3 backward; identity is free.
-ACTIVATION_FLOPS = {"relu": (0, 0), "tanh": (1, 3), "identity": (0, 0)}
+from refimpl.layers.activations import ACTIVATIONS, get_activation
+
+# Per element: (forward, backward) FLOPs of each activation, as the registry counts them.
+ACTIVATION_FLOPS = {name: act.flops for name, act in ACTIVATIONS.items()}
 
 
 class FlopCount(NamedTuple):
@@ -57,9 +58,7 @@ def matmul_flops(m: int, k: int, n: int) -> int:
 
 
 def _activation(name: str) -> tuple[int, int]:
-    if name not in ACTIVATION_FLOPS:
-        raise ValueError(f"activation: expected one of {sorted(ACTIVATION_FLOPS)}, got {name!r}")
-    return ACTIVATION_FLOPS[name]
+    return get_activation(name).flops
 
 
 def num_pairs(num_sparse_features: int, self_interaction: bool = False) -> int:
@@ -110,7 +109,7 @@ def low_rank_crossnet_flops(
 
 
 def vector_crossnet_flops(batch: int, in_features: int, num_layers: int) -> FlopCount:
-    """VectorCrossNet: ``x₊ = x₀ (x·w) + b + x``, w (N,).
+    """VectorCrossNet: ``x₊ = x₀ (x·w) + b + x``, w (N, 1).
 
     Forward per layer and sample: ``x·w`` 2N, ``x₀ s + b + x`` 3N. Backward per layer:
     ``ds = g·x₀`` 2N, ``g s`` into ``dx₀`` 2N, ``dx = g + ds w`` 2N per sample; ``dw = Σ_b ds x``

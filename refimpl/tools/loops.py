@@ -11,6 +11,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from refimpl.layers.activations import get_activation
+
 KINDS = ("CrossNet", "LowRankCrossNet", "VectorCrossNet", "LowRankMixtureCrossNet")
 
 
@@ -64,7 +66,7 @@ def crossnet_loop(
     """
     if kind not in KINDS:
         raise ValueError(f"kind: expected one of {KINDS}, got {kind!r}")
-    g = {"relu": lambda z: max(z, 0.0), "tanh": math.tanh, "identity": lambda z: z}[activation]
+    g = get_activation(activation).scalar
     p = {k: np.asarray(v, dtype=np.float64).tolist() for k, v in params.items()}
     num_layers = sum(k.startswith("bias.") for k in params)
     num_gates = sum(k.startswith("gates.") for k in params)
@@ -97,24 +99,14 @@ def crossnet_loop(
                 if num_gates:
                     logits = [matvec(p[f"gates.{k}.weight"], xl)[0] for k in range(num_gates)]
                     top = max(logits)
-                    weights = [math.exp(z - top) for z in logits]
-                    total = sum(weights)
-                    weights = [w / total for w in weights]
+                    exps = [math.exp(z - top) for z in logits]
+                    probs = [e / sum(exps) for e in exps]
                 else:
-                    weights = [1.0]
-                mix = [
-                    sum(w * e[i] for w, e in zip(weights, experts, strict=True)) for i in range(n)
-                ]
+                    probs = [1.0]
+                mix = [sum(p * e[i] for p, e in zip(probs, experts, strict=True)) for i in range(n)]
                 xl = [mix[i] + xl[i] for i in range(n)]
         out.append(xl)
     return np.array(out, dtype=x.dtype)
-
-
-_SCALAR_ACTIVATIONS = {
-    "relu": lambda s: s if s > 0 else 0.0,
-    "tanh": math.tanh,
-    "identity": lambda s: s,
-}
 
 
 def mlp_loop(
@@ -139,7 +131,7 @@ def mlp_loop(
         x = [float(v) for v in input[b]]
         for i, (weight, bias) in enumerate(layers):
             last = i == len(layers) - 1
-            g = _SCALAR_ACTIVATIONS["identity" if last and not activation_on_last else activation]
+            g = get_activation("identity" if last and not activation_on_last else activation).scalar
             y = []
             for o in range(weight.shape[0]):
                 total = 0.0 if bias is None else float(bias[o])
