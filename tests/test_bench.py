@@ -21,7 +21,7 @@ from refimpl.__main__ import main as refimpl_main
 from refimpl.tools.bench import cases as bench_cases
 from refimpl.tools.bench import dlrm_cases
 from refimpl.tools.bench import main as bench_main
-from refimpl.tools.bench.caches import cache_bytes, describe_cache
+from refimpl.tools.bench.caches import CacheEntry, cache_bytes, describe_cache, summarize
 from refimpl.tools.bench.cases import QUICK, Sizes, Target, select_cases
 from refimpl.tools.bench.harness import Schedule, WorkerProcess, run_rounds
 from refimpl.tools.bench.report import (
@@ -368,6 +368,23 @@ def test_cache_description_counts_each_array_once():
         ("nested[2]", "(B, 5)", "view of y"),
     ]
     assert cache_bytes(entries) == x.nbytes + y.nbytes + 32
+
+
+def test_cache_summary_groups_per_layer_entries_and_keeps_what_differs():
+    def entry(name, shape, note=""):
+        return CacheEntry(name, shape, "float32", 4, note)
+
+    entries = [entry(f"layers[{i}].q", "(B, 8)") for i in range(4)]
+    entries += [entry("f[0][1]", "(192,)", "input"), entry("f[0][2]", "(B,)", "input")]
+    entries += [entry("f[1][1]", "(B,)", "input"), entry("f[1][2]", "(B,)", "input")]
+    entries += [entry("f[3][2]", "(B,)", "input"), entry("out", "(B, 1)")]
+    assert summarize(entries) == [
+        "layers[0–3].q (B, 8)",
+        "f[0][1] (192,) [input]",
+        "f[0–1, 3][2] (B,) [input]",  # only the first index varies within a group
+        "f[1][1] (B,) [input]",
+        "out (B, 1)",
+    ]
 
 
 def test_caches_hold_what_backward_needs_and_no_more():

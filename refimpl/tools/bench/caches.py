@@ -7,6 +7,7 @@ holds no more than that.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -72,6 +73,40 @@ def describe_cache(cache, batch: int, inputs=()) -> list[CacheEntry]:
         shape = "(" + ", ".join(axes) + ("," if len(axes) == 1 else "") + ")"
         entries.append(CacheEntry(name, shape, str(array.dtype), array.nbytes, note))
     return entries
+
+
+def _compact(values) -> str:
+    """Sorted integers as runs: ``0–3, 7, 9–10``."""
+    values, runs = sorted(set(values)), []
+    for v in values:
+        if runs and v == runs[-1][1] + 1:
+            runs[-1][1] = v
+        else:
+            runs.append([v, v])
+    return ", ".join(str(a) if a == b else f"{a}–{b}" for a, b in runs)
+
+
+def summarize(entries: list[CacheEntry]) -> list[str]:
+    """One ``name shape [note]`` per group of entries that differ only in their first index
+    (one per layer, one per feature), the indices as runs, in order of first appearance.
+
+    >>> e = [CacheEntry(f"xs[{i}]", "(B, 4)", "float32", 16) for i in range(3)]
+    >>> summarize(e + [CacheEntry("out", "(B, 1)", "float32", 4, "input")])
+    ['xs[0–2] (B, 4)', 'out (B, 1) [input]']
+    """
+    groups: dict[tuple, list[int]] = {}
+    for e in entries:
+        first = re.search(r"\[(\d+)\]", e.name)
+        if first is None:
+            groups[(e.name, e.shape, e.note)] = []
+            continue
+        pattern = e.name[: first.start()] + "[#]" + e.name[first.end() :]
+        groups.setdefault((pattern, e.shape, e.note), []).append(int(first.group(1)))
+    lines = []
+    for (pattern, shape, note), indices in groups.items():
+        name = pattern.replace("[#]", f"[{_compact(indices)}]", 1) if indices else pattern
+        lines.append(f"{name} {shape}" + (f" [{note}]" if note else ""))
+    return lines
 
 
 def cache_bytes(entries: list[CacheEntry]) -> int:

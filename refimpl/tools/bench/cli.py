@@ -39,7 +39,11 @@ def parser() -> argparse.ArgumentParser:
             "alone in its own worker process, alternated over rounds."
         ),
     )
-    p.add_argument("--layer", action="append", help="only this layer class (repeatable)")
+    p.add_argument(
+        "--layer",
+        action="append",
+        help="only the rows of this layer or model class, or train_step (repeatable)",
+    )
     p.add_argument("--batch", type=int, help="batch size B (default 1024; quick 64)")
     p.add_argument("--dtype", choices=[*DTYPES, "both"], default="both")
     p.add_argument("--rounds", type=int, help="rounds of alternating contenders (default 4)")

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from refimpl.tools.bench.caches import BACKWARD_NEEDS, CacheEntry
+from refimpl.tools.bench.caches import BACKWARD_NEEDS, CacheEntry, summarize
 from refimpl.tools.bench.cases import DTYPES, Sizes, Target
 from refimpl.tools.flops import FlopCount, matmul_flops
 
@@ -340,7 +340,7 @@ def format_caches(results: list[Result], markdown: bool = False) -> str:
         if r.status != "ok" or key in seen:
             continue
         seen.add(key)
-        parts = [f"{e.name} {e.shape}" + (f" [{e.note}]" if e.note else "") for e in r.cache]
+        parts = summarize(r.cache)
         text = ", ".join(parts) if parts else "nothing"
         if parts and text in listed:
             text = f"as {listed[text]}'s"
