@@ -232,7 +232,7 @@ class Result:
             "TorchRec fwd ms": ms_text(self.torch.forward * 1e3 if self.torch else math.nan),
             "TorchRec fwd+bwd ms": timing_text(self.torch),
             "ratio": ratio_text(ratio) + ("" if math.isnan(ratio) else f" ({low:.2f}–{high:.2f})"),
-            "GFLOP/s": number_text(self.gflops),
+            "GFLOP/s": rate_text(self.gflops),
             "% peak": percent_text(self.peak_fraction),
             "TorchRec % peak": percent_text(self.torch_peak_fraction),
             "GEMM GFLOP/s NumPy / torch": (
@@ -248,6 +248,15 @@ class Result:
 
 def number_text(x: float, fmt: str = "{:.1f}") -> str:
     return "-" if x is None or math.isnan(x) else fmt.format(x)
+
+
+def rate_text(x: float) -> str:
+    """GFLOP/s: one decimal, two significant digits below 1 (the embedding bags' 0.07).
+
+    >>> rate_text(39.04), rate_text(0.0712)
+    ('39.0', '0.071')
+    """
+    return number_text(x, "{:.1f}" if x >= 1 else "{:.2g}")
 
 
 def percent_text(x: float) -> str:
