@@ -136,8 +136,8 @@ class AttentionCache(NamedTuple):
     q: np.ndarray  # queries, (N, H, S, h)
     k: np.ndarray  # keys, (N, H, S, h)
     v: np.ndarray  # values, (N, H, S, h)
-    probs: np.ndarray  # P = softmax(q kᵀ/√h), (N, H, S, S)
-    context: np.ndarray  # O = P v with the heads merged, out_proj's input, (N, S, E)
+    probs: np.ndarray  # α = softmax(q kᵀ/√h), (N, H, S, S)
+    context: np.ndarray  # αv: α v with the heads merged, out_proj's input, (N, S, E)
 
 
 def attention_forward(params, x: np.ndarray, num_heads: int):
@@ -175,8 +175,8 @@ def attention_backward(params, d_out: np.ndarray, cache: AttentionCache):
     num_heads, head_dim = q.shape[1], q.shape[3]
     d_context, d_out_weight, d_out_bias = linear_tokens_backward(
         params["out_proj.weight"], params["out_proj.bias"], d_out, context
-    )  # dO: (N, S, E)
-    d_heads = split_heads(d_context, num_heads)  # d(P v), (N, H, S, h)
+    )  # d(αv): (N, S, E)
+    d_heads = split_heads(d_context, num_heads)  # d(α v), (N, H, S, h)
     d_probs = d_heads @ v.swapaxes(-1, -2)  # (N, H, S, S)
     d_v = probs.swapaxes(-1, -2) @ d_heads  # (N, H, S, h)
     d_scores = softmax_backward(probs, d_probs)  # (N, H, S, S)
@@ -483,15 +483,15 @@ class MultiheadAttention(_TokenLayer):
     taking columns ``j·h … (j+1)·h − 1``::
 
         q, k, v = x W_qᵀ + b_q, x W_kᵀ + b_k, x W_vᵀ + b_v       (S, E) each
-        P_j     = softmax(q_j k_jᵀ / √h)      row-wise             (S, S)
-        O       = [P_1 v_1, …, P_H v_H]                             (S, E)
-        out     = O W_oᵀ + b_o                                      (S, E)
+        α_j     = softmax(q_j k_jᵀ / √h)      row-wise             (S, S)
+        αv      = [α_1 v_1, …, α_H v_H]                             (S, E)
+        out     = αv W_oᵀ + b_o                                     (S, E)
 
     Backward, from ``d_out``::
 
-        dO  = d_out W_o,   dW_o = Σ d_outᵀ O,   db_o = Σ d_out
-        dP_j = dO_j v_jᵀ,  dv_j = P_jᵀ dO_j
-        dZ_j = P_j ⊙ (dP_j − rowsum(P_j ⊙ dP_j))         softmax, Z_j = q_j k_jᵀ/√h
+        d(αv) = d_out W_o,   dW_o = Σ d_outᵀ αv,   db_o = Σ d_out
+        dα_j = d(αv)_j v_jᵀ,  dv_j = α_jᵀ d(αv)_j
+        dZ_j = α_j ⊙ (dα_j − rowsum(α_j ⊙ dα_j))         softmax, Z_j = q_j k_jᵀ/√h
         dq_j = dZ_j k_j / √h,   dk_j = dZ_jᵀ q_j / √h
         dx  = [dq, dk, dv] W_in,   dW_in = Σ [dq, dk, dv]ᵀ x,   db_in = Σ [dq, dk, dv]
 

@@ -18,9 +18,9 @@ operation they perform:
   softmax's exp), copies, concatenations, gathers, scatters and reshapes.
 
 Letters as everywhere: B batch, F sparse features, D embedding dim, N = (F+1)·D, L layers,
-r low rank, K experts; ``num_pairs`` the pairs the dot interaction keeps.
+r low rank, K experts, P kept pairs of the dot interaction.
 
->>> dot_flops(batch=1024, num_sparse_features=26, embedding_dim=128).forward  # 2·B·num_pairs·D
+>>> dot_flops(batch=1024, num_sparse_features=26, embedding_dim=128).forward  # 2·B·P·D
 92012544
 >>> crossnet_flops(batch=2, in_features=3, num_layers=1)  # doctest: +NORMALIZE_WHITESPACE
 FlopCount(forward=54, backward=108)
@@ -62,8 +62,7 @@ def _activation(name: str) -> tuple[int, int]:
 
 
 def num_pairs(num_sparse_features: int, self_interaction: bool = False) -> int:
-    """``num_pairs``, the pairs the dot interaction keeps: F(F+1)/2, or (F+1)(F+2)/2 with the
-    diagonal."""
+    """P, the pairs the dot interaction keeps: F(F+1)/2, or (F+1)(F+2)/2 with the diagonal."""
     n = num_sparse_features + 1
     return n * (n + 1) // 2 if self_interaction else n * (n - 1) // 2
 
@@ -73,8 +72,8 @@ def dot_flops(
 ) -> FlopCount:
     """InteractionArch: only the kept pairs' dot products.
 
-    Forward: one length-D dot product per kept pair, ``2·B·num_pairs·D``. Backward: each pair
-    (i, j) adds ``g·C[j]`` into ``dC[i]`` and ``g·C[i]`` into ``dC[j]`` (``4·B·num_pairs·D``), then
+    Forward: one length-D dot product per kept pair, ``2·B·P·D``. Backward: each pair (i, j)
+    adds ``g·C[j]`` into ``dC[i]`` and ``g·C[i]`` into ``dC[j]`` (``4·B·P·D``), then
     ``d_dense = d_out[:, :D] + dC[:, 0]`` (``B·D``). F = 0 is a passthrough: nothing.
     """
     if num_sparse_features == 0:
@@ -251,10 +250,10 @@ def attention_flops(sequences: int, length: int, width: int, num_heads: int) -> 
     """Multi-head self-attention over N sequences of S tokens (T = N·S), E = H·h.
 
     Forward per token: ``in_proj`` 6E² + 3E, ``out_proj`` 2E² + E; per sequence and head:
-    ``q kᵀ`` 2hS², ``/√h`` S², softmax (exp, Σ, ÷; the max shift is free) 3S², ``P v`` 2hS².
-    Backward per token: ``dO = d_out W_o`` and ``dW_o`` 4E², ``db_o`` E, ``[dq, dk, dv] W_in``
+    ``q kᵀ`` 2hS², ``/√h`` S², softmax (exp, Σ, ÷; the max shift is free) 3S², ``α v`` 2hS².
+    Backward per token: ``d(αv) = d_out W_o`` and ``dW_o`` 4E², ``db_o`` E, ``[dq, dk, dv] W_in``
     and ``dW_in`` 12E², ``db_in`` 3E, the two ``/√h`` on dq, dk 2E; per sequence and head:
-    ``dP = dO vᵀ`` and ``dv = Pᵀ dO`` 4hS², softmax backward (``P ⊙ dP``, Σ, ``−``, ``P ⊙``)
+    ``dα = d(αv) vᵀ`` and ``dv = αᵀ d(αv)`` 4hS², softmax backward (``α ⊙ dα``, Σ, ``−``, ``α ⊙``)
     4S², ``dq = dZ k`` and ``dk = dZᵀ q`` 4hS².
     """
     n, s, e, heads = sequences, length, width, num_heads
