@@ -8,6 +8,7 @@ judged from them, and the whole pipeline writes its table, Markdown and chart.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 from typing import NamedTuple
@@ -18,8 +19,9 @@ import pytest
 import refimpl
 from refimpl.__main__ import main as refimpl_main
 from refimpl.tools.bench import cases as bench_cases
+from refimpl.tools.bench import dlrm_cases
 from refimpl.tools.bench import main as bench_main
-from refimpl.tools.bench.caches import cache_bytes, describe_cache
+from refimpl.tools.bench.caches import CacheEntry, cache_bytes, describe_cache, summarize
 from refimpl.tools.bench.cases import QUICK, Sizes, Target, select_cases
 from refimpl.tools.bench.harness import Schedule, WorkerProcess, run_rounds
 from refimpl.tools.bench.report import (
@@ -30,7 +32,7 @@ from refimpl.tools.bench.report import (
     Timing,
     format_targets,
 )
-from refimpl.tools.bench.worker import RefimplContender, read_case_file
+from refimpl.tools.bench.worker import RefimplContender, read_case_file, torch_contender
 from refimpl.tools.flops import FlopCount
 
 # ----------------------------------------------------------------------------- the cases
@@ -62,10 +64,55 @@ def test_layer_selection():
 
 def test_matmul_bound_rows_are_judged_against_the_peak():
     kinds = {c.label(QUICK): c.target and c.target.kind for c in select_cases(None)}
-    for name in ("CrossNet", "LowRankCrossNet", "InteractionDCNArch", "MLP", "DenseArch"):
+    peak = ("CrossNet", "LowRankCrossNet", "InteractionDCNArch", "MLP", "DenseArch")
+    peak += ("FMInteractionArch", "InteractionTransformerArch")
+    for name in peak:
         assert all(k == "peak" for label, k in kinds.items() if label.startswith(name + " "))
-    for name in ("InteractionArch", "VectorCrossNet", "LowRankMixtureCrossNet"):
+    ratio = ("InteractionArch", "VectorCrossNet", "LowRankMixtureCrossNet")
+    ratio += ("FactorizationMachine", "EmbeddingBagCollection", "DLRM_DCN", "train_step")
+    for name in ratio:
         assert all(k == "ratio" for label, k in kinds.items() if label.startswith(name + " "))
+
+
+def test_sizes_give_every_sparse_feature_its_bag_size_and_table():
+    assert len(bench_cases.PRODUCTION.multi_hot) == bench_cases.PRODUCTION.features == 26
+    assert sum(bench_cases.PRODUCTION.multi_hot) == 214  # MLPerf DLRM-DCNv2's ids per sample
+    assert max(bench_cases.PRODUCTION.table_rows) == 100_000
+    assert min(bench_cases.PRODUCTION.table_rows) == 3
+    with pytest.raises(ValueError, match="multi_hot: expected one entry per sparse feature"):
+        dataclasses.replace(QUICK, multi_hot=(1, 2))
+
+
+def test_sparse_features_follow_the_sizes():
+    features = dlrm_cases.sparse_features(QUICK, np.random.default_rng(0))
+    assert list(features.keys) == [f"cat_{i}" for i in range(QUICK.features)]
+    for key, rows, ids_per_bag in zip(
+        features.keys, QUICK.table_rows, QUICK.multi_hot, strict=True
+    ):
+        ids, lengths, _ = features.feature(key)
+        assert (lengths == ids_per_bag).all() and len(lengths) == QUICK.batch
+        assert ids.min() >= 0 and ids.max() < rows
+    # The smallest table (3 rows) is hit on every row: the ids are not all the same number.
+    assert len(np.unique(features.feature("cat_1")[0])) == 3
+
+
+def test_expected_distinct_rows_of_uniform_ids():
+    rng = np.random.default_rng(0)
+    rows, draws, trials = 50, 40, 4000
+    distinct = [len(np.unique(rng.integers(0, rows, draws))) for _ in range(trials)]
+    assert dlrm_cases.expected_distinct(rows, draws) == pytest.approx(np.mean(distinct), rel=0.01)
+    assert dlrm_cases.expected_distinct(3, 1024) == pytest.approx(3)
+
+
+def test_least_traffic_of_the_embedding_bags():
+    d, b = QUICK.dim, QUICK.batch
+    distinct = sum(
+        dlrm_cases.expected_distinct(n, b * h)
+        for n, h in zip(QUICK.table_rows, QUICK.multi_hot, strict=True)
+    )
+    ids, pooled = b * sum(QUICK.multi_hot), b * QUICK.features * d
+    expected = 8 * (ids + b * QUICK.features + distinct) + 4 * (2 * distinct * d + 2 * pooled)
+    assert dlrm_cases.collection_traffic(QUICK, 4) == int(expected)
 
 
 # ----------------------------------------------------------------------------- the worker
@@ -106,6 +153,59 @@ def test_a_layer_that_does_not_exist_yet_is_reported_not_crashed(tmp_path, monke
         }
     )
     assert reply["status"] == "not available yet" and "NoSuchLayer" in reply["note"]
+
+
+def _prepared(case, dtype: str, path: Path):
+    """refimpl's layer and inputs for ``case`` at QUICK sizes as its worker builds them, and
+    the file it writes for the other contenders."""
+    request = {"case": case.label(QUICK), "sizes": QUICK.to_json(), "dtype": dtype}
+    assert RefimplContender().handle({"op": "prepare", "data": str(path), **request})["ok"]
+    return case.build(QUICK, bench_cases.DTYPES[dtype], np.random.default_rng(0))
+
+
+@pytest.mark.parity
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_torchrec_computes_what_refimpl_computes_from_the_file(tmp_path, dtype):
+    # Every row compares like with like: TorchRec's module, given refimpl's weights and inputs
+    # through the file, gives refimpl's output; and each row's two timed steps run.
+    pytest.importorskip("torch")
+    pytest.importorskip("torchrec")
+    tolerance = {"float32": 2e-4, "float64": 1e-6}[dtype]  # TorchRec's bags pool to float32
+    for case in select_cases(None):
+        if case.torchrec is None or dtype not in case.torch_dtypes:
+            continue
+        layer, inputs = _prepared(case, dtype, tmp_path / "case.npz")
+        module, torch_inputs, d_out = torch_contender(case, QUICK, dtype, tmp_path / "case.npz")
+        theirs = module(*torch_inputs)
+        theirs = theirs if hasattr(theirs, "detach") else theirs.values()  # a KeyedTensor
+        ours = layer(*inputs)
+        np.testing.assert_allclose(
+            theirs.detach().numpy(), ours, rtol=tolerance, atol=tolerance, err_msg=case.label(QUICK)
+        )
+        for run in (case.refimpl_step(layer, inputs, d_out.numpy()),
+                    case.torch_step(module, torch_inputs, d_out)):  # fmt: skip
+            forward, total = run()
+            assert total > 0 and (math.isnan(forward) or 0 < forward <= total)
+
+
+@pytest.mark.parity
+def test_both_sides_of_a_training_row_take_the_same_steps(tmp_path):
+    pytest.importorskip("torch")
+    pytest.importorskip("torchrec")
+    for case in select_cases(["train_step"]):
+        model, inputs = _prepared(case, "float32", tmp_path / "case.npz")
+        start = {k: v.copy() for k, v in model.params.items()}
+        module, torch_inputs, d_out = torch_contender(case, QUICK, "float32", tmp_path / "case.npz")
+        ours = case.refimpl_step(model, inputs, d_out.numpy())
+        theirs = case.torch_step(module, torch_inputs, d_out)
+        for _ in range(2):
+            ours(), theirs()
+        trained = module.state_dict()
+        for key, value in model.params.items():
+            assert not np.array_equal(value, start[key]), (case.label(QUICK), key)
+            np.testing.assert_allclose(
+                trained[key].numpy(), value, rtol=1e-4, atol=1e-6, err_msg=case.label(QUICK)
+            )
 
 
 def _state(pid: int) -> str:
@@ -151,6 +251,27 @@ class _Recorder:
     def request(self, op, **fields):
         self.log.append(self.name)
         return {"ok": True, "times": [(s / 2, s) for s in self.seconds.pop(0)]}
+
+
+def test_runs_longer_than_the_maximum_skip_the_next_warm_up():
+    asked = []
+
+    class Slow:
+        def request(self, op, **fields):
+            asked.append((fields["warmup"], fields["max_seconds"]))
+            return {"ok": True, "times": [(1.0, 30.0)]}
+
+    class Quick(Slow):
+        def request(self, op, **fields):
+            super().request(op, **fields)
+            return {"ok": True, "times": [(0.1, 0.2)] * 3}
+
+    schedule = Schedule(rounds=3, warmup=1, repeats=3, max_seconds=20)
+    timings, _ = run_rounds({"slow": Slow(), "quick": Quick()}, schedule)
+    # slow: warmed up in round 1 only; quick: every round
+    assert asked == [(1, 20), (1, 20), (1, 20), (0, 20), (0, 20), (1, 20)]
+    assert timings["slow"].total == 30.0
+    assert "fewer from 20 s" in schedule.describe()
 
 
 def test_rounds_alternate_the_order_and_keep_every_round():
@@ -249,6 +370,23 @@ def test_cache_description_counts_each_array_once():
     assert cache_bytes(entries) == x.nbytes + y.nbytes + 32
 
 
+def test_cache_summary_groups_per_layer_entries_and_keeps_what_differs():
+    def entry(name, shape, note=""):
+        return CacheEntry(name, shape, "float32", 4, note)
+
+    entries = [entry(f"layers[{i}].q", "(B, 8)") for i in range(4)]
+    entries += [entry("f[0][1]", "(192,)", "input"), entry("f[0][2]", "(B,)", "input")]
+    entries += [entry("f[1][1]", "(B,)", "input"), entry("f[1][2]", "(B,)", "input")]
+    entries += [entry("f[3][2]", "(B,)", "input"), entry("out", "(B, 1)")]
+    assert summarize(entries) == [
+        "layers[0–3].q (B, 8)",
+        "f[0][1] (192,) [input]",
+        "f[0–1, 3][2] (B,) [input]",  # only the first index varies within a group
+        "f[1][1] (B,) [input]",
+        "out (B, 1)",
+    ]
+
+
 def test_caches_hold_what_backward_needs_and_no_more():
     # The per-sample counts that BACKWARD_NEEDS states, against the bytes each cache holds.
     batch, n, num_layers, k, r = 8, 12, 3, 4, 2
@@ -306,13 +444,23 @@ def test_quick_bench_without_torch(tmp_path, capsys):
     header, rows = _markdown_rows(markdown)
     assert tuple(header) == COLUMNS
     cases = select_cases(None)
-    expected = [(c.name, c.config(QUICK), d) for d in ("float32", "float64") for c in cases]
+    expected = [
+        (c.name, c.config(QUICK), d) for d in ("float32", "float64") for c in cases if d in c.dtypes
+    ]
     assert [(r["layer"], r["configuration"], r["dtype"]) for r in rows] == expected
+    counted = {(c.name, c.config(QUICK)) for c in cases if c.flops is not None}
     for row in rows:
-        for column in ("fwd ms", "fwd+bwd ms", "GFLOP/s", "% peak", "cache B/sample"):
+        step = row["layer"] == "train_step"  # one call: no forward time of its own
+        columns = ["fwd+bwd ms", "cache B/sample"] + ["fwd ms"] * (not step)
+        if (row["layer"], row["configuration"]) in counted:
+            columns += ["GFLOP/s", "% peak"]
+        else:
+            assert row["GFLOP/s"] == row["% peak"] == "-"
+        for column in columns:
             value = _number(row[column])
             assert math.isfinite(value) and value > 0, (row["layer"], column, row[column])
-        assert _number(row["fwd ms"]) <= _number(row["fwd+bwd ms"])
+        if not step:
+            assert _number(row["fwd ms"]) <= _number(row["fwd+bwd ms"])
         assert row["TorchRec fwd+bwd ms"] == row["ratio"] == "-"  # --no-torch
         assert row["met"] in ("yes", "NO", "n/a")
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and chart.stat().st_size > 10_000

@@ -304,6 +304,27 @@ def transformer_interaction_flops(
     return FlopCount(num_layers * layer.forward, num_layers * layer.backward)
 
 
+def embedding_bag_flops(
+    num_ids: int, batch: int, dim: int, pooling: str = "sum", weighted: bool = False
+) -> FlopCount:
+    """One feature's embedding bags: M ids of width D pooled into B bags.
+
+    Forward: each looked-up row is added into its bag's sum (M·D), scaled first by its
+    weight when weighted (M·D); the mean divides every bag by its length (B·D, empty bags
+    included). Backward: the mean's division of the bag gradients (B·D); each id's gradient
+    row, scaled by its weight when weighted (M·D), added into its table row (M·D); and when
+    weighted the weights' gradient, one length-D dot product per id (2·M·D). The lookups
+    themselves are gathers: free.
+
+    >>> embedding_bag_flops(num_ids=5, batch=2, dim=3)
+    FlopCount(forward=15, backward=15)
+    """
+    m, b, d = num_ids, batch, dim
+    mean = b * d if pooling == "mean" else 0
+    scale = m * d if weighted else 0
+    return FlopCount(m * d + scale + mean, mean + scale + m * d + (2 * m * d if weighted else 0))
+
+
 def count_flops(layer, *inputs) -> FlopCount:
     """The :class:`FlopCount` of ``layer.forward(*inputs)`` and its backward.
 
@@ -315,6 +336,17 @@ def count_flops(layer, *inputs) -> FlopCount:
     FlopCount(forward=72, backward=156)
     """
     kind = type(layer).__name__
+    if kind == "EmbeddingBagCollection":  # its input is a KeyedJaggedArray
+        total = FlopCount(0, 0)
+        for table in layer.embedding_bag_configs():  # the output's order: table by table
+            for name in table.feature_names:
+                ids, lengths, _ = inputs[0].feature(name)
+                total += embedding_bag_flops(
+                    len(ids), len(lengths), table.embedding_dim, table.pooling, layer.is_weighted
+                )
+        return total
+    if kind == "SparseArch":
+        return count_flops(layer.embedding_bag_collection, *inputs)
     batch = inputs[0].shape[0]
     if kind == "InteractionArch":
         dim = inputs[0].shape[1]
@@ -369,6 +401,15 @@ def count_flops(layer, *inputs) -> FlopCount:
         dim = inputs[0].shape[1]
         return fm_interaction_flops(
             batch, dim, layer.fm_in_features, layer.deep_fm_dimension, layer.fm_pairs
+        )
+    if kind in ("DLRM", "DLRM_DCN", "DLRM_Projection"):
+        dense, sparse = inputs
+        d, f = layer.embedding_dim, layer.num_sparse_features
+        return (
+            count_flops(layer.dense_arch, dense)
+            + count_flops(layer.sparse_arch, sparse)
+            + count_flops(layer.inter_arch, _Shape((batch, d)), _Shape((batch, f, d)))
+            + count_flops(layer.over_arch, _Shape((batch, layer.over_arch.in_features)))
         )
     if kind == "InteractionTransformerArch":
         return transformer_interaction_flops(

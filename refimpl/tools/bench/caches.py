@@ -7,6 +7,7 @@ holds no more than that.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -74,6 +75,40 @@ def describe_cache(cache, batch: int, inputs=()) -> list[CacheEntry]:
     return entries
 
 
+def _compact(values) -> str:
+    """Sorted integers as runs: ``0–3, 7, 9–10``."""
+    values, runs = sorted(set(values)), []
+    for v in values:
+        if runs and v == runs[-1][1] + 1:
+            runs[-1][1] = v
+        else:
+            runs.append([v, v])
+    return ", ".join(str(a) if a == b else f"{a}–{b}" for a, b in runs)
+
+
+def summarize(entries: list[CacheEntry]) -> list[str]:
+    """One ``name shape [note]`` per group of entries that differ only in their first index
+    (one per layer, one per feature), the indices as runs, in order of first appearance.
+
+    >>> e = [CacheEntry(f"xs[{i}]", "(B, 4)", "float32", 16) for i in range(3)]
+    >>> summarize(e + [CacheEntry("out", "(B, 1)", "float32", 4, "input")])
+    ['xs[0–2] (B, 4)', 'out (B, 1) [input]']
+    """
+    groups: dict[tuple, list[int]] = {}
+    for e in entries:
+        first = re.search(r"\[(\d+)\]", e.name)
+        if first is None:
+            groups[(e.name, e.shape, e.note)] = []
+            continue
+        pattern = e.name[: first.start()] + "[#]" + e.name[first.end() :]
+        groups.setdefault((pattern, e.shape, e.note), []).append(int(first.group(1)))
+    lines = []
+    for (pattern, shape, note), indices in groups.items():
+        name = pattern.replace("[#]", f"[{_compact(indices)}]", 1) if indices else pattern
+        lines.append(f"{name} {shape}" + (f" [{note}]" if note else ""))
+    return lines
+
+
 def cache_bytes(entries: list[CacheEntry]) -> int:
     """Bytes of the distinct arrays (inputs the cache refers to included)."""
     return sum(e.nbytes for e in entries if not e.note.startswith("view of"))
@@ -105,6 +140,26 @@ BACKWARD_NEEDS = {
         "each Linear's input (dW) and φ' of each layer: the inputs plus the last layer's "
         "output, exactly what the cache holds (layer i's output is layer i+1's input; φ' is "
         "read from φ's output, so no pre-activations)"
+    ),
+    "FactorizationMachine": "x, the flattened input (N), and s = Σ x (1): dx = d_out·(s − x)",
+    "FMInteractionArch": (
+        "x = flatten(E) (N: dW of the deep branch and the FM's s − x, one array for both), "
+        "the deep branch's output (DI: ReLU's derivative) and s (1): N + DI + 1"
+    ),
+    "InteractionTransformerArch": (
+        "per encoder layer, per token: the attention's input (dW_in), q, k, v (H·h = D each), "
+        "the softmax P (H·S: S = F+1 within a sample, S = B across the batch), the merged "
+        "context (dW_out), each layer norm's x̂ and 1/σ, the feed-forward's input (dW₁) and "
+        "its hidden ReLU output (M: dW₂ and ReLU's derivative)"
+    ),
+    "EmbeddingBagCollection": (
+        "the ids and bag sizes alone (the inputs: each bag's gradient is added into the rows "
+        "of its ids); the looked-up rows E[ids] too when weighted (dw = d_bag · E[id])"
+    ),
+    "DLRM_DCN": "its parts': the two MLPs' (see MLP), the cross network's, the collection's ids",
+    "train_step": (
+        "the model's forward cache (shown; see DLRM_DCN); the loss keeps the logits and labels "
+        "(B each), from which its backward computes σ(logits) − y"
     ),
 }
 BACKWARD_NEEDS["DenseArch"] = BACKWARD_NEEDS["OverArch"] = BACKWARD_NEEDS["MLP"]

@@ -21,6 +21,15 @@ signature. ``traffic`` (optional) is the least number of bytes any implementatio
 per run; the report then states the memory-bandwidth bound. New sizes go into :class:`Sizes`
 with a value in both ``PRODUCTION`` and ``QUICK``.
 
+Inputs that are not one array each (a :class:`~refimpl.KeyedJaggedArray`, a list, a dict of
+features) cross the file as arrays: ``arrays(inputs)`` gives the arrays refimpl writes, and
+``torch_inputs(arrays, sizes)`` makes TorchRec's arguments from them (a
+``KeyedJaggedTensor``, a ``KeyedTensor``, a list of tensors). ``torch_dtypes`` names the
+dtypes TorchRec's module runs in (others get no TorchRec column, said in the report),
+``dtypes`` those the row is measured in at all, and ``note`` is what the report prints under
+the table: what exactly is compared. The rows
+of whole models and training steps are built in :mod:`refimpl.tools.bench.dlrm_cases`.
+
 Nothing here imports torch at module level: the builders import it when a TorchRec worker
 calls them.
 """
@@ -33,7 +42,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from refimpl.tools.flops import FlopCount, count_flops, projection_flops
+from refimpl.tools.flops import FlopCount, count_flops, fm_flops, projection_flops
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
 PEAK_TARGET = 0.70  # matmul-bound layers: at least this fraction of NumPy's GEMM rate
@@ -57,6 +66,18 @@ class Sizes:
     over_arch_sizes: tuple[int, ...]  # its in_features is D + P of the dot interaction
     mlp: tuple[int, ...]  # an MLP over N: one projection branch of TorchRec's example
     peak_size: int  # n of the n×n×n GEMM that measures the matmul peak
+    multi_hot: tuple[int, ...]  # ids in every bag of each sparse feature (F entries)
+    table_rows: tuple[int, ...]  # rows of each sparse feature's table (F entries)
+    deep_fm_dimension: int  # DI, the width of FMInteractionArch's deep branch
+    transformer_layers: int  # InteractionTransformerArch's encoder layers
+
+    def __post_init__(self):
+        for name in ("multi_hot", "table_rows"):
+            if len(getattr(self, name)) != self.features:
+                raise ValueError(
+                    f"{name}: expected one entry per sparse feature, F = {self.features}, got "
+                    f"{len(getattr(self, name))}"
+                )
 
     @property
     def n(self) -> int:
@@ -78,6 +99,13 @@ class Sizes:
         return cls(**{k: tuples(v) for k, v in data.items()})
 
 
+# Rows of MLPerf's DLRM-DCNv2 tables (Criteo 1TB), one per sparse feature.
+MLPERF_TABLE_ROWS = (
+    40_000_000, 39_060, 17_295, 7_424, 20_265, 3, 7_122, 1_543, 63, 40_000_000, 3_067_956,
+    405_282, 10, 2_209, 11_938, 155, 4, 976, 14, 40_000_000, 40_000_000, 40_000_000, 590_152,
+    12_973, 108, 36,
+)  # fmt: skip
+
 PRODUCTION = Sizes(
     batch=1024,
     features=26,
@@ -94,6 +122,12 @@ PRODUCTION = Sizes(
     over_arch_sizes=(1024, 1024, 512, 256, 1),
     mlp=(2048, 2048),
     peak_size=2048,
+    # MLPerf's DLRM-DCNv2 (Criteo 1TB, multi-hot): ids per bag of each of the 26 features, and
+    # its tables' rows capped at 100,000 (the uncapped tables hold 204 million rows).
+    multi_hot=(3, 2, 1, 2, 6, 1, 1, 1, 1, 7, 3, 8, 1, 6, 9, 5, 1, 1, 1, 12, 100, 27, 10, 3, 1, 1),
+    table_rows=tuple(min(rows, 100_000) for rows in MLPERF_TABLE_ROWS),
+    deep_fm_dimension=512,  # as wide as the DCN's rank r: a deep branch N -> 512
+    transformer_layers=4,  # TorchRec's default
 )
 
 QUICK = Sizes(
@@ -110,6 +144,10 @@ QUICK = Sizes(
     over_arch_sizes=(64, 32, 1),
     mlp=(64, 64),
     peak_size=256,
+    multi_hot=(3, 1, 8, 2),
+    table_rows=(1000, 3, 500, 40),
+    deep_fm_dimension=32,
+    transformer_layers=1,
 )
 
 
@@ -147,10 +185,10 @@ def layer_step(layer, inputs, d_out) -> Callable[[], tuple[float, float]]:
 def module_step(module, inputs, d_out) -> Callable[[], tuple[float, float]]:
     """One TorchRec run: forward with autograd recording (as in training), then
     ``backward(d_out)`` into freshly zeroed gradients; returns (forward s, total s)."""
-    params = list(module.parameters())
+    tensors = [*held_tensors(inputs), *module.parameters()]
 
     def run():
-        for t in (*inputs, *params):
+        for t in tensors:
             t.grad = None  # a fresh step, as after optimizer.zero_grad()
         start = time.perf_counter()
         out = module(*inputs)
@@ -161,6 +199,29 @@ def module_step(module, inputs, d_out) -> Callable[[], tuple[float, float]]:
     return run
 
 
+def held_tensors(value):
+    """Every tensor an input holds: itself, a list's or dict's items, or the ``values()`` of
+    a TorchRec ``KeyedTensor`` or ``KeyedJaggedTensor``."""
+    if isinstance(value, list | tuple):
+        for item in value:
+            yield from held_tensors(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from held_tensors(item)
+    elif hasattr(value, "grad"):
+        yield value
+    elif callable(getattr(value, "values", None)):
+        yield value.values()
+
+
+def torch_tensors(arrays, sizes: Sizes) -> list:
+    """TorchRec's arguments when each input is one float array: a tensor each, recording its
+    gradient (refimpl's backward returns every input's gradient too)."""
+    import torch
+
+    return [torch.from_numpy(x).requires_grad_(True) for x in arrays]
+
+
 @dataclass(frozen=True)
 class Case:
     """One row of the table: a refimpl layer (or model) at some sizes, and its TorchRec twin.
@@ -169,7 +230,11 @@ class Case:
     the layer is not written yet. ``torchrec(sizes)`` builds the TorchRec module (None: no
     TorchRec column). ``flops(layer, *inputs)`` gives the analytic :class:`FlopCount` (None:
     not counted). ``traffic(sizes, itemsize)``: the least bytes one run must move, for the
-    bandwidth bound (None: not stated).
+    bandwidth bound (None: not stated). ``arrays(inputs)``: the arrays the inputs are written
+    as; ``torch_inputs(arrays, sizes)``: TorchRec's arguments made from them;
+    ``torch_dtypes``: the dtypes TorchRec's module runs in; ``dtypes``: the dtypes the row is
+    measured in at all (its note says why, when not every one); ``note``: what the row
+    compares, for the report.
     """
 
     name: str
@@ -181,6 +246,11 @@ class Case:
     traffic: Callable | None = None
     refimpl_step: Callable = layer_step
     torch_step: Callable = module_step
+    arrays: Callable = list
+    torch_inputs: Callable = torch_tensors
+    torch_dtypes: tuple[str, ...] = tuple(DTYPES)
+    dtypes: tuple[str, ...] = tuple(DTYPES)
+    note: str = ""
 
     def label(self, sizes: Sizes) -> str:
         return f"{self.name} {self.config(sizes)}"
@@ -357,10 +427,146 @@ def _mlp_like(kind: str, in_features: Callable[[Sizes], int], sizes_of: Callable
     return {"build": build, "torchrec": torchrec}
 
 
+# ------------------------------------------------------------ the FM and transformer interactions
+
+
+def _build_fm(sizes, dtype, rng):
+    """TorchRec's FactorizationMachine over the list ``[dense (B, D), sparse (B, F, D)]``."""
+    return layer_class("FactorizationMachine")(dtype=dtype), (list(dot_inputs(sizes, dtype, rng)),)
+
+
+def _torch_fm(sizes):
+    from torchrec.modules.deepfm import FactorizationMachine
+
+    return FactorizationMachine()
+
+
+def _list_arrays(inputs) -> list[np.ndarray]:
+    return list(inputs[0])  # the one argument is the list of arrays
+
+
+def _torch_list_inputs(arrays, sizes: Sizes) -> list:
+    return [torch_tensors(arrays, sizes)]  # one argument: the list of tensors
+
+
+def _fm_flops(layer, embeddings):
+    """TorchRec's FM (pairs of scalars) over N = Σ of each input's scalars per sample."""
+    width = sum(int(np.prod(e.shape[1:])) for e in embeddings)  # N
+    return fm_flops(embeddings[0].shape[0], width)
+
+
+def _fm_feature_names(sizes: Sizes) -> list[str]:
+    return [f"cat_{i}" for i in range(sizes.features)]
+
+
+def _build_fm_arch(sizes, dtype, rng):
+    """TorchRec's FMInteractionArch: dense (B, D) and F features of (B, D) by name, views into
+    one (B, F·D) array as a KeyedTensor's ``values()`` would be."""
+    names = _fm_feature_names(sizes)
+    arch = layer_class("FMInteractionArch")(
+        sizes.n, names, sizes.deep_fm_dimension, seed=rng, dtype=dtype
+    )
+    dense, sparse = dot_inputs(sizes, dtype, rng)
+    flat = sparse.reshape(sizes.batch, sizes.features * sizes.dim)  # (B, F·D)
+    d = sizes.dim
+    return arch, (dense, {name: flat[:, i * d : (i + 1) * d] for i, name in enumerate(names)})
+
+
+def _torch_fm_arch(sizes):
+    from torchrec.models.deepfm import FMInteractionArch
+
+    return FMInteractionArch(
+        fm_in_features=sizes.n,
+        sparse_feature_names=_fm_feature_names(sizes),
+        deep_fm_dimension=sizes.deep_fm_dimension,
+    )
+
+
+def _keyed_arrays(inputs) -> list[np.ndarray]:
+    dense, features = inputs
+    return [dense, np.concatenate(list(features.values()), axis=1)]  # (B, D), (B, F·D)
+
+
+def _torch_keyed_inputs(arrays, sizes: Sizes) -> list:
+    """dense and a TorchRec ``KeyedTensor`` over the (B, F·D) array, both recording gradients."""
+    from torchrec.sparse.jagged_tensor import KeyedTensor
+
+    dense, values = torch_tensors(arrays, sizes)
+    names = _fm_feature_names(sizes)
+    return [dense, KeyedTensor(keys=names, length_per_key=[sizes.dim] * len(names), values=values)]
+
+
+def _transformer(attend_across: str):
+    def build(sizes, dtype, rng):
+        arch = layer_class("InteractionTransformerArch")(
+            sizes.features,
+            sizes.dim,
+            ntransformer_layers=sizes.transformer_layers,
+            attend_across=attend_across,
+            seed=rng,
+            dtype=dtype,
+        )
+        return arch, dot_inputs(sizes, dtype, rng)
+
+    return build
+
+
+def _torch_transformer(sizes):
+    """TorchRec's InteractionTransformerArch as shipped, in eval mode: dropout off, as refimpl."""
+    from torchrec.models.experimental.transformerdlrm import InteractionTransformerArch
+
+    arch = InteractionTransformerArch(
+        sizes.features, sizes.dim, ntransformer_layers=sizes.transformer_layers
+    )
+    return arch.eval()
+
+
+def _torch_per_sample_transformer(sizes):
+    """torch's ``nn.TransformerEncoder`` with ``batch_first=True`` over [dense; sparse], keyed
+    like TorchRec's arch (``interarch_TE.layers.i.…``); eval mode: dropout off, as refimpl."""
+    import torch
+
+    class PerSampleTransformer(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            layer = torch.nn.TransformerEncoderLayer(sizes.dim, nhead=8, batch_first=True)
+            self.interarch_TE = torch.nn.TransformerEncoder(layer, sizes.transformer_layers)
+
+        def forward(self, dense, sparse):
+            combined = torch.cat((dense.unsqueeze(1), sparse), dim=1)  # (B, F+1, D)
+            return self.interarch_TE(combined).reshape(dense.shape[0], -1)  # (B, (F+1)·D)
+
+    return PerSampleTransformer().eval()
+
+
 def cases() -> list[Case]:
     """Every row, in the table's order."""
+    from refimpl.tools.bench import dlrm_cases as dlrm
+
     half, one, peak = Target("ratio", 0.5), Target("ratio", 1.0), Target("peak", PEAK_TARGET)
     cross_cfg = "N={0.n} L={0.layers}".format
+    mlperf = "B={0.batch} F={0.features} D={0.dim}, {1} ids/sample, tables <= {2:,} rows"
+
+    def dlrm_cfg(sizes):
+        return mlperf.format(sizes, sum(sizes.multi_hot), max(sizes.table_rows))
+
+    def training_rows(dense_opt, table_opt, versus, fused=False, note=""):
+        return Case(
+            "train_step",
+            lambda s: f"DLRM_DCN, {dense_opt} + {table_opt} (tables), vs {versus}",
+            dlrm.build_dlrm_dcn,
+            dlrm.torch_fused_dlrm_dcn if fused else dlrm.torch_dlrm_dcn,
+            one,
+            flops=None,
+            refimpl_step=dlrm.refimpl_training(dense_opt, table_opt),
+            torch_step=dlrm.torch_training(dense_opt, table_opt, fused),
+            arrays=dlrm.sparse_arrays,
+            torch_inputs=dlrm.torch_sparse_inputs,
+            torch_dtypes=("float32",) if fused else tuple(DTYPES),
+            note=note,
+        )
+
+    transformer_cfg = "F={0.features} D={0.dim} H=8 L={0.transformer_layers} M=2048, {1}"
     return [
         Case(
             "InteractionArch",
@@ -438,6 +644,106 @@ def cases() -> list[Case]:
             lambda s: f"N={s.n}->{list(s.mlp)}",
             **_mlp_like("MLP", lambda s: s.n, lambda s: s.mlp),
             target=peak,
+        ),
+        Case(
+            "FactorizationMachine",
+            "[dense (B, D), sparse (B, F, D)], F={0.features} D={0.dim}".format,
+            _build_fm,
+            _torch_fm,
+            one,
+            _fm_flops,
+            arrays=_list_arrays,
+            torch_inputs=_torch_list_inputs,
+        ),
+        Case(
+            "FMInteractionArch",
+            "F={0.features} D={0.dim} DI={0.deep_fm_dimension}".format,
+            _build_fm_arch,
+            _torch_fm_arch,
+            peak,
+            arrays=_keyed_arrays,
+            torch_inputs=_torch_keyed_inputs,
+            note="the sparse features are a dict of (B, D) views for refimpl, a KeyedTensor "
+            "over the same (B, F·D) values for TorchRec",
+        ),
+        Case(
+            "InteractionTransformerArch",
+            lambda s: transformer_cfg.format(s, "across the batch (TorchRec's)"),
+            _transformer("batch"),
+            _torch_transformer,
+            peak,
+            dtypes=("float32",),
+            note="refimpl's attend_across='batch' against TorchRec's arch as shipped "
+            "(nn.TransformerEncoderLayer's batch_first=False reads B as the sequence), both in "
+            "eval mode: dropout off. float32 only: refimpl's cache keeps every layer's "
+            "attention probabilities, (F+1)·H·B² per layer (3.6 GB in float32 at B = 1024, "
+            "F = 26, H = 8, four layers; 7.2 GB in float64, more than a shared machine can "
+            "spare beside TorchRec's worker)",
+        ),
+        Case(
+            "InteractionTransformerArch",
+            lambda s: transformer_cfg.format(s, "per sample"),
+            _transformer("features"),
+            _torch_per_sample_transformer,
+            peak,
+            note="TorchRec has no per-sample transformer interaction; the TorchRec column is "
+            "torch's nn.TransformerEncoder(batch_first=True) over [dense; sparse], built from "
+            "the same weights, in eval mode (dropout off)",
+        ),
+        Case(
+            "EmbeddingBagCollection",
+            dlrm_cfg,
+            dlrm.build_collection,
+            dlrm.torch_collection,
+            one,
+            traffic=dlrm.collection_traffic,
+            torch_step=dlrm.keyed_module_step,
+            arrays=dlrm.sparse_arrays,
+            torch_inputs=dlrm.torch_sparse_inputs,
+            note="TorchRec's EmbeddingBagCollection as shipped: nn.EmbeddingBag's dense table "
+            "gradients (every row of every table written, zeros included; refimpl's are "
+            "row-sparse), and its output cast to float32 whatever the tables' dtype",
+        ),
+        Case(
+            "DLRM_DCN",
+            lambda s: f"{dlrm_cfg(s)}, L={s.layers} r={s.low_rank}",
+            dlrm.build_dlrm_dcn,
+            dlrm.torch_dlrm_dcn,
+            one,
+            arrays=dlrm.sparse_arrays,
+            torch_inputs=dlrm.torch_sparse_inputs,
+            note="TorchRec's DLRM_DCN as shipped, its EmbeddingBagCollection's dense table "
+            "gradients and float32 pooled embeddings included (in float64 the model promotes "
+            "them back when it concatenates them with the dense arch's output)",
+        ),
+        training_rows(
+            "adagrad",
+            "rowwise-adagrad",
+            "EBC + torch.optim",
+            note="one step at the DLRM_DCN row's sizes: forward, mean BCE loss, backward, "
+            f"update, lr {dlrm.LEARNING_RATE} everywhere. refimpl: train_step with Adagrad for "
+            "the dense layers and RowWiseAdagrad on the row-sparse table gradients (touched "
+            "rows only). TorchRec: DLRM_DCN with EmbeddingBagCollection, torch.optim.Adagrad and "
+            "torchrec.optim.RowWiseAdagrad (the training parity tests' optimizers) on dense "
+            "table gradients: the update touches every row. No forward time (one call).",
+        ),
+        training_rows(
+            "adagrad",
+            "rowwise-adagrad",
+            "FusedEBC",
+            fused=True,
+            note="TorchRec's fused CPU path: FusedEmbeddingBagCollection, FBGEMM's row-wise "
+            "Adagrad (eps 1e-10 as torchrec.optim.RowWiseAdagrad) applied inside the backward "
+            "to the rows of the batch, torch.optim.Adagrad for the rest. It keeps its tables "
+            "in float32 at most: no float64 column. Target: at most 1.0x the faster of this "
+            "row and the one above.",
+        ),
+        training_rows(
+            "sgd",
+            "sgd",
+            "EBC + torch.optim",
+            note="as the Adagrad row with SGD everywhere (torch.optim.SGD on TorchRec's side, "
+            "every table row updated by its dense gradient)",
         ),
     ]
 

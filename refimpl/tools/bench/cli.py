@@ -11,8 +11,8 @@ from refimpl.tools.bench.harness import Schedule, run_bench
 from refimpl.tools.bench.machine import format_machine, machine_info
 from refimpl.tools.bench.report import write_chart
 
-DEFAULTS = {"rounds": 4, "repeats": 3, "min_seconds": 0.25}  # about 10 minutes on 2 idle cores
-QUICK_DEFAULTS = {"rounds": 2, "repeats": 2, "min_seconds": 0.0}
+DEFAULTS = {"rounds": 4, "repeats": 3, "min_seconds": 0.25, "max_seconds": 20.0}
+QUICK_DEFAULTS = {"rounds": 2, "repeats": 2, "min_seconds": 0.0, "max_seconds": 20.0}
 
 
 def _progress_printer(stream):
@@ -39,7 +39,11 @@ def parser() -> argparse.ArgumentParser:
             "alone in its own worker process, alternated over rounds."
         ),
     )
-    p.add_argument("--layer", action="append", help="only this layer class (repeatable)")
+    p.add_argument(
+        "--layer",
+        action="append",
+        help="only the rows of this layer or model class, or train_step (repeatable)",
+    )
     p.add_argument("--batch", type=int, help="batch size B (default 1024; quick 64)")
     p.add_argument("--dtype", choices=[*DTYPES, "both"], default="both")
     p.add_argument("--rounds", type=int, help="rounds of alternating contenders (default 4)")
@@ -50,6 +54,12 @@ def parser() -> argparse.ArgumentParser:
         "--min-seconds",
         type=float,
         help="keep timing a contender in a round until its runs add up to this (default 0.25)",
+    )
+    p.add_argument(
+        "--max-seconds",
+        type=float,
+        help="time fewer runs (at least one) once a contender's runs in a round add up to this; "
+        "a contender whose runs each take longer skips the next round's warm-up (default 20)",
     )
     p.add_argument("--warmup", type=int, default=1, help="untimed runs first in each round")
     p.add_argument(
@@ -80,9 +90,12 @@ def main(argv: list[str] | None = None) -> int:
     rounds = args.rounds or defaults["rounds"]
     repeats = args.repeats or defaults["repeats"]
     min_seconds = defaults["min_seconds"] if args.min_seconds is None else args.min_seconds
+    max_seconds = defaults["max_seconds"] if args.max_seconds is None else args.max_seconds
     if rounds < 1 or repeats < 1 or args.warmup < 0 or min_seconds < 0:
         p.error("--rounds and --repeats must be >= 1, --warmup and --min-seconds >= 0")
-    schedule = Schedule(rounds, args.warmup, repeats, min_seconds)
+    if not max_seconds > 0:
+        p.error("--max-seconds must be > 0")
+    schedule = Schedule(rounds, args.warmup, repeats, min_seconds, max_seconds)
     if args.threads is not None and args.threads < 1:
         p.error("--threads must be >= 1")
     # One thread in the smoke test: on a loaded machine, threads that wait for each other at

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import signal
 import subprocess
@@ -38,16 +39,30 @@ CAN_STOP = hasattr(signal, "SIGSTOP")
 class Schedule:
     """How every contender of a row is timed: ``rounds`` turns each, and in every turn
     ``warmup`` untimed runs, then ``repeats`` timed runs, more while they add up to less than
-    ``min_seconds``."""
+    ``min_seconds``, fewer (down to one) once they add up to ``max_seconds``.
+
+    A contender whose runs each took longer than ``max_seconds`` in a round skips the warm-up
+    in the next: a run of minutes allocates and touches all its memory afresh, so the one
+    before it warms nothing the run reuses, and a warm-up would double the row's time.
+    """
 
     rounds: int
     warmup: int = 1
     repeats: int = 3
     min_seconds: float = 0.0
+    max_seconds: float = math.inf
 
     def describe(self) -> str:
         more = f", more up to {self.min_seconds:g} s" if self.min_seconds else ""
+        if math.isfinite(self.max_seconds):
+            more += f", fewer from {self.max_seconds:g} s"
         return f"{self.rounds} rounds of {self.repeats}{more} runs (+{self.warmup} warm-up)"
+
+    def warmup_after(self, runs: list[tuple[float, float]] | None) -> int:
+        """The warm-up runs of a round that follows one with these ``runs`` (None: none)."""
+        if runs and min(total for _, total in runs) > self.max_seconds:
+            return 0
+        return self.warmup
 
 
 class WorkerError(RuntimeError):
@@ -159,9 +174,10 @@ def run_rounds(
             progress(f"round {r + 1}/{schedule.rounds}: {name}")
             reply = workers[name].request(
                 "run",
-                warmup=schedule.warmup,
+                warmup=schedule.warmup_after(runs[name][-1] if runs[name] else None),
                 repeats=schedule.repeats,
                 min_seconds=schedule.min_seconds,
+                max_seconds=schedule.max_seconds,
             )
             if reply["ok"]:
                 runs[name].append([tuple(t) for t in reply["times"]])
@@ -261,7 +277,7 @@ class Bench:
     def measure_case(self, case: Case, sizes: Sizes, dtype: str, schedule: Schedule) -> Result:
         """One row: refimpl prepares the data, the others load it, then the rounds."""
         self._restart_dead()
-        result = Result(case.name, case.config(sizes), dtype, target=case.target)
+        result = Result(case.name, case.config(sizes), dtype, target=case.target, note=case.note)
         request = {"case": case.label(sizes), "sizes": sizes.to_json(), "dtype": dtype}
         data = self.dir / "case.npz"
         reply = self.workers["refimpl"].request("prepare", data=str(data), **request)
@@ -272,7 +288,9 @@ class Bench:
         result.cache = [CacheEntry(**e) for e in reply["cache"]]
         result.cache_per_sample = reply["cache_bytes"] / sizes.batch
         workers = {"refimpl": self.workers["refimpl"]}
-        if "TorchRec" in self.workers and case.torchrec is not None:
+        if case.torchrec is not None and dtype not in case.torch_dtypes:
+            result.torch_note = f"TorchRec's module runs in {', '.join(case.torch_dtypes)} only"
+        elif "TorchRec" in self.workers and case.torchrec is not None:
             reply = self.workers["TorchRec"].request("load", data=str(data), **request)
             if reply["ok"]:
                 workers["TorchRec"] = self.workers["TorchRec"]
@@ -328,10 +346,12 @@ def run_bench(
             peaks[dtype] = bench.measure_peaks(dtype, sizes.peak_size, schedule)
             itemsize = np.dtype(DTYPES[dtype]).itemsize
             bandwidth[dtype] = bench.measure_bandwidth(sizes.batch * sizes.n * itemsize)
-        total, i = len(cases) * len(dtypes), 0
+        total, i = sum(d in c.dtypes for c in cases for d in dtypes), 0
         for dtype in dtypes:
             start_peaks = tuple(gemm_rate(t, sizes.peak_size) for t in peaks[dtype])
             for case in cases:
+                if dtype not in case.dtypes:  # the case's note says why
+                    continue
                 i += 1
                 label = f"[{i}/{total}] {case.label(sizes)} {dtype}"
                 bench.progress = lambda step, label=label: progress(f"{label}: {step}")

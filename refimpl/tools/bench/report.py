@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from refimpl.tools.bench.caches import BACKWARD_NEEDS, CacheEntry
+from refimpl.tools.bench.caches import BACKWARD_NEEDS, CacheEntry, summarize
 from refimpl.tools.bench.cases import DTYPES, Sizes, Target
 from refimpl.tools.flops import FlopCount, matmul_flops
 
@@ -51,20 +51,22 @@ METHOD = """\
 Each contender (refimpl's layer, TorchRec's module, NumPy's and torch's square GEMM) runs in a
 worker process of its own, with the same thread count (OMP_NUM_THREADS, OPENBLAS_NUM_THREADS,
 MKL_NUM_THREADS and torch.set_num_threads), on the same weights, inputs and upstream gradient,
-handed over in an .npz file. A worker that is not being timed is stopped (SIGSTOP), so nothing
-of one contender, not even a spinning BLAS thread, runs while another is timed. In each round
-every contender warms up, then times its runs back to back; the order of the contenders
-alternates from round to round (A B, B A, ...). A contender's time is the median over rounds
-of each round's median run; the spread is the lowest and highest round median. A ratio is the
-ratio of the medians, with the range of the per-round ratios. One run is forward then backward
-on the fixed upstream gradient, the forward time read inside the same run; TorchRec's forward
-records autograd, as in training. FLOPs are refimpl.tools.flops' analytic counts of the layer's
+handed over in an .npz file. A worker that is not being timed is stopped (SIGSTOP), so nothing of
+one contender, not even a spinning BLAS thread, runs while another is timed. In each round every
+contender warms up, then times its runs back to back (a contender whose runs take longer than the
+schedule's maximum times one and skips later warm-ups); the order of the contenders alternates from
+round to round (A B, B A, ...). A contender's time is the median over rounds of each round's median
+run; the spread is the lowest and highest round median. A ratio is the ratio of the medians, with
+the range of the per-round ratios. One run is forward then backward on the fixed upstream gradient,
+the forward time read inside the same run; TorchRec's forward records autograd, as in training. A
+train_step row times one whole training step (forward, loss, backward, optimizer update) instead,
+with no forward time of its own. FLOPs are refimpl.tools.flops' analytic counts of the layer's
 formulas (2 per multiply-add, 1 per other + − × ÷ exp; selections and copies free), so GFLOP/s
 rewards doing less redundant work. "% peak" divides by the GEMM rate of the same library: for
-matmul-bound rows, the GEMMs measured in the same rounds as the row; otherwise the GEMMs
-measured at the start. A bandwidth bound is the least traffic a run must move over the copy
-bandwidth NumPy sees on arrays of the layer's size. Cache bytes count each distinct array in
-the cache once, including inputs the cache refers to (marked [input])."""
+matmul-bound rows, the GEMMs measured in the same rounds as the row; otherwise the GEMMs measured
+at the start. A bandwidth bound is the least traffic a run must move over the copy bandwidth NumPy
+sees on arrays of the layer's size. Cache bytes count each distinct array in the cache once,
+including inputs the cache refers to (marked [input])."""
 
 
 @dataclass
@@ -139,7 +141,8 @@ class Result:
     bandwidth: float = math.nan  # copy GB/s NumPy sees on arrays of this row's size
     cache: list[CacheEntry] = field(default_factory=list)
     cache_per_sample: float = math.nan
-    torch_note: str = ""
+    torch_note: str = ""  # why there is no TorchRec column, when there is none
+    note: str = ""  # what the row compares (its case's note)
 
     @property
     def fwd_ms(self) -> float:
@@ -229,7 +232,7 @@ class Result:
             "TorchRec fwd ms": ms_text(self.torch.forward * 1e3 if self.torch else math.nan),
             "TorchRec fwd+bwd ms": timing_text(self.torch),
             "ratio": ratio_text(ratio) + ("" if math.isnan(ratio) else f" ({low:.2f}–{high:.2f})"),
-            "GFLOP/s": number_text(self.gflops),
+            "GFLOP/s": rate_text(self.gflops),
             "% peak": percent_text(self.peak_fraction),
             "TorchRec % peak": percent_text(self.torch_peak_fraction),
             "GEMM GFLOP/s NumPy / torch": (
@@ -245,6 +248,15 @@ class Result:
 
 def number_text(x: float, fmt: str = "{:.1f}") -> str:
     return "-" if x is None or math.isnan(x) else fmt.format(x)
+
+
+def rate_text(x: float) -> str:
+    """GFLOP/s: one decimal, two significant digits below 1 (the embedding bags' 0.07).
+
+    >>> rate_text(39.04), rate_text(0.0712)
+    ('39.0', '0.071')
+    """
+    return number_text(x, "{:.1f}" if x >= 1 else "{:.2g}")
 
 
 def percent_text(x: float) -> str:
@@ -329,15 +341,20 @@ def format_targets(results: list[Result]) -> str:
 
 
 def format_caches(results: list[Result], markdown: bool = False) -> str:
-    """What each layer's cache holds (first dtype measured), per sample."""
-    seen, lines = set(), []
+    """What each layer's cache holds (first dtype measured), per sample; a cache listed
+    already (the same model in another row) is referred to, not repeated."""
+    seen, lines, listed = set(), [], {}
     for r in results:
         key = (r.layer, r.config)
         if r.status != "ok" or key in seen:
             continue
         seen.add(key)
-        parts = [f"{e.name} {e.shape}" + (f" [{e.note}]" if e.note else "") for e in r.cache]
+        parts = summarize(r.cache)
         text = ", ".join(parts) if parts else "nothing"
+        if parts and text in listed:
+            text = f"as {listed[text]}'s"
+        else:
+            listed[text] = f"{r.layer} {r.config}"
         per_sample = f"{r.cache_per_sample:,.0f} B/sample in {r.dtype}"
         needs = BACKWARD_NEEDS.get(r.layer, "?")
         lines.append(
@@ -345,6 +362,24 @@ def format_caches(results: list[Result], markdown: bool = False) -> str:
             f"Backward needs: {needs}."
         )
     return "\n".join(lines)
+
+
+def format_notes(results: list[Result], markdown: bool = False) -> str:
+    """What each row compares (its case's note, once per row), then why rows have no TorchRec
+    column where a reason was given (one line per reason)."""
+    lines, seen = [], set()
+    for r in results:
+        if r.note and (r.layer, r.config) not in seen:
+            seen.add((r.layer, r.config))
+            lines.append(f"{r.layer} {r.config}: {r.note}")
+    rows_by_note: dict[str, list[str]] = {}
+    for r in results:
+        if r.torch_note:
+            rows_by_note.setdefault(r.torch_note, []).append(f"{r.layer} {r.config} {r.dtype}")
+    for note, rows in rows_by_note.items():
+        where = "every row" if len(rows) == len(results) else "; ".join(rows)
+        lines.append(f"No TorchRec column for {where}: {note}")
+    return "\n".join(("- " if markdown else "") + line for line in lines)
 
 
 @dataclass
@@ -393,6 +428,7 @@ class BenchReport:
                 format_table(self.results),
                 *(["Errors:\n" + self.problems()] if self.problems() else []),
                 "Targets:\n" + (format_targets(self.results) or "none measured"),
+                *(["Notes:\n" + format_notes(self.results)] if format_notes(self.results) else []),
                 "Cache contents (per sample):\n" + format_caches(self.results),
             ]
         )
@@ -410,6 +446,7 @@ class BenchReport:
                 "## Results\n\n" + format_table(self.results, markdown=True),
                 "## Targets\n\n"
                 + "\n".join(f"- {line}" for line in format_targets(self.results).splitlines()),
+                "## Notes\n\n" + (format_notes(self.results, markdown=True) or "None."),
                 "## Cache contents\n\n" + format_caches(self.results, markdown=True),
                 "## Method\n\n" + METHOD,
             ]

@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import json
+import math
 import os
 import sys
 import time
@@ -44,21 +45,26 @@ MAX_RUNS = 500  # per round, however short a run is
 
 
 def time_runs(
-    run, warmup: int, repeats: int, min_seconds: float = 0.0
+    run, warmup: int, repeats: int, min_seconds: float = 0.0, max_seconds: float = math.inf
 ) -> list[tuple[float, float]]:
-    """``warmup`` untimed calls of ``run``, then timed ones back to back: at least ``repeats``,
-    and more (up to :data:`MAX_RUNS`) until their total time reaches ``min_seconds``.
+    """``warmup`` untimed calls of ``run``, then timed ones back to back: ``repeats``, more (up
+    to :data:`MAX_RUNS`) until their total time reaches ``min_seconds``, fewer (at least one)
+    once it reaches ``max_seconds``.
 
     >>> len(time_runs(lambda: (0.0, 0.01), warmup=1, repeats=2, min_seconds=0.05))
     5
+    >>> len(time_runs(lambda: (0.0, 0.01), warmup=0, repeats=3, max_seconds=0.015))
+    2
     """
     gc.collect()
     gc.disable()
     try:
         for _ in range(warmup):
             run()
-        times = [run() for _ in range(repeats)]
-        while sum(t for _, t in times) < min_seconds and len(times) < MAX_RUNS:
+        times = [run()]
+        while len(times) < MAX_RUNS and sum(t for _, t in times) < max_seconds:
+            if len(times) >= repeats and sum(t for _, t in times) >= min_seconds:
+                break
             times.append(run())
         return times
     finally:
@@ -89,7 +95,11 @@ class Contender:
         try:
             if op == "run":
                 times = time_runs(
-                    self.run, request["warmup"], request["repeats"], request["min_seconds"]
+                    self.run,
+                    request["warmup"],
+                    request["repeats"],
+                    request["min_seconds"],
+                    request.get("max_seconds", math.inf),
                 )
                 return {"ok": True, "times": times}
             if op == "drop":
@@ -124,11 +134,12 @@ class RefimplContender(Contender):
             return {"ok": False, "status": "not available yet", "note": str(exc)}
         out, cache = layer.forward(*inputs)
         d_out = bench_cases.normal(rng, out.shape, dtype)
-        entries = describe_cache(cache, sizes.batch, inputs)
+        input_arrays = case.arrays(inputs)
+        entries = describe_cache(cache, sizes.batch, input_arrays)
         del out, cache
         flops = None if case.flops is None else list(case.flops(layer, *inputs))
         arrays = {f"param/{k}": v for k, v in layer.params.items()}
-        arrays.update({f"input/{i}": x for i, x in enumerate(inputs)})
+        arrays.update({f"input/{i}": x for i, x in enumerate(input_arrays)})
         np.savez(request["data"], d_out=d_out, **arrays)
         self.run = case.refimpl_step(layer, inputs, d_out)
         return {
@@ -157,6 +168,19 @@ def _set_torch_threads():
     return torch
 
 
+def torch_contender(case, sizes, dtype: str, path: str):
+    """``(module, inputs, d_out)``: the case's TorchRec module in ``dtype`` with the weights
+    refimpl wrote to ``path``, its arguments made from the same inputs, the upstream gradient."""
+    import torch
+
+    params, inputs, d_out = read_case_file(path)
+    module = case.torchrec(sizes)
+    module.to(getattr(torch, dtype))
+    if params:  # the same weights, so ReLU patterns and so the work match too
+        module.load_state_dict({k: torch.from_numpy(v) for k, v in params.items()})
+    return module, case.torch_inputs(inputs, sizes), torch.from_numpy(d_out)
+
+
 class TorchRecContender(Contender):
     def __init__(self):
         super().__init__()
@@ -167,17 +191,11 @@ class TorchRecContender(Contender):
         return {"ok": True, "threads": torch_blas()}
 
     def load(self, request):
-        torch = self.torch
         case, sizes, _ = _case(request)
         if case.torchrec is None:
             return {"ok": False, "status": "no TorchRec module"}
-        params, inputs, d_out = read_case_file(request["data"])
-        module = case.torchrec(sizes)
-        module.to(getattr(torch, request["dtype"]))
-        if params:  # the same weights, so ReLU patterns and so the work match too
-            module.load_state_dict({k: torch.from_numpy(v) for k, v in params.items()})
-        torch_inputs = [torch.from_numpy(x).requires_grad_(True) for x in inputs]
-        self.run = case.torch_step(module, torch_inputs, torch.from_numpy(d_out))
+        module, inputs, d_out = torch_contender(case, sizes, request["dtype"], request["data"])
+        self.run = case.torch_step(module, inputs, d_out)
         return {"ok": True}
 
 
