@@ -170,3 +170,41 @@ def test_draw_away_from_kinks_returns_inputs_past_the_margin():
     (x,) = draw_away_from_kinks(Relu(), draw, 0, margin=0.05)
     assert np.min(np.abs(x)) >= 0.05
     assert refimpl.gradcheck(Relu(), (x,)).ok
+
+
+@pytest.mark.slow
+def test_interaction_margin_over_240_draws():
+    """The claim lesson 01 makes: over 240 random draws of a correct dot interaction (F = 26,
+    2 and 3, with and without self-interaction, B = 2, D = 8), gradcheck's worst error stays
+    five times under its tolerance. A draw whose worst entry came within 5× would fail here."""
+    worst = 0.0
+    for num_features in (26, 2, 3):
+        for self_interaction in (False, True):
+            arch = refimpl.InteractionArch(num_features, self_interaction=self_interaction)
+            for draw in range(40):
+                rng = np.random.default_rng([num_features, int(self_interaction), draw])
+                inputs = (rng.standard_normal((2, 8)), rng.standard_normal((2, num_features, 8)))
+                result = refimpl.gradcheck(arch, inputs, seed=draw)
+                worst = max(worst, result.worst.rel_error)
+    assert worst < refimpl.tools.gradcheck.DEFAULT_TOL / 5
+
+
+def test_default_kink_margin_assumes_a_sensitivity_of_at_most_five():
+    """gradcheck's default margin (10h) keeps the stencil off a kink only while a pre-activation
+    moves at most 5 times as fast as the nudged element: with a weight of 20 it accepts a point
+    whose stencil straddles the kink and fails a correct backward; a margin of 2h·20 refuses it."""
+    steep = refimpl.MLP(1, [1], seed=0)
+    steep.load_state_dict(
+        {"_mlp.0._linear.weight": np.array([[20.0]]), "_mlp.0._linear.bias": [0.0]}
+    )
+    x = np.array([[0.015 / 20]])  # z = 0.015: 15h from the kink, past the default margin 10h
+    assert steep.kink_distance(x) > 10 * refimpl.tools.gradcheck.DEFAULT_STEP
+    assert not refimpl.gradcheck(steep, (x,)).ok
+    with pytest.raises(ValueError, match="kink"):
+        refimpl.gradcheck(steep, (x,), kink_margin=2 * refimpl.tools.gradcheck.DEFAULT_STEP * 20)
+    at_five = refimpl.MLP(1, [1], seed=0)
+    at_five.load_state_dict(
+        {"_mlp.0._linear.weight": np.array([[5.0]]), "_mlp.0._linear.bias": [0.0]}
+    )
+    x_five = np.array([[0.0105 / 5]])  # just past the margin, sensitivity 5: the stencil stays off
+    assert refimpl.gradcheck(at_five, (x_five,)).ok

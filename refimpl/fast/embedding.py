@@ -6,7 +6,7 @@ per sample), float32, one process on this project's 2-core machine:
 
 - forward: ``np.add.reduceat`` over the looked-up rows (the textbook's segment sum) takes
   ~200 ms, ``np.add.at`` into the bags ~250 ms; ``np.add.reduceat`` pays about a microsecond
-  per segment. Bags of one size ``h`` are a (n, h) block of ids, so ``E[block].sum(axis=1)``
+  per segment. Bags of one size ``h`` are a (n, h) block of ids, so ``T[block].sum(axis=1)``
   sums them in one call: ~50 ms. :func:`bag_sums` loops over the distinct bag sizes (at most
   √(2M) of them, one for fixed multi-hot features), never over bags or ids.
 - backward: the textbook's ``RowSparse.from_rows`` of the (M, D) gradient rows, sorted and
@@ -24,9 +24,9 @@ from refimpl.layers.rowsparse import RowSparse
 
 
 def bag_sums(weight, ids, lengths, per_id_weights=None):
-    """``segment_sum(E[ids] · w, lengths)`` of :func:`~refimpl.layers.embedding.segment_sum`.
+    """``segment_sum(T[ids] · w, lengths)`` of :func:`~refimpl.layers.embedding.segment_sum`.
 
-    Returns the (B, D) sums and, when weighted, the looked-up rows ``E[ids]`` (M, D) that the
+    Returns the (B, D) sums and, when weighted, the looked-up rows ``T[ids]`` (M, D) that the
     weights' gradient reads (None otherwise).
 
     >>> weight = np.arange(8.0).reshape(4, 2)
@@ -36,7 +36,7 @@ def bag_sums(weight, ids, lengths, per_id_weights=None):
            [ 8., 10.]])
     """
     batch, dim = len(lengths), weight.shape[1]
-    rows = None if per_id_weights is None else weight[ids]  # E[ids], (M, D)
+    rows = None if per_id_weights is None else weight[ids]  # T[ids], (M, D)
     sizes = np.unique(lengths)
     if len(sizes) == 1 and sizes[0] > 0:  # fixed multi-hot: one (B, h) block of ids
         return _block_sums(weight, ids, rows, per_id_weights, np.s_[:], (batch, sizes[0])), rows
@@ -50,7 +50,7 @@ def bag_sums(weight, ids, lengths, per_id_weights=None):
 
 
 def _block_sums(weight, ids, rows, per_id_weights, positions, shape):
-    """Σ_i w_i E[id_i] over the columns of a (n, h) block of bags of one size h, (n, D)."""
+    """Σ_i w_i T[id_i] over the columns of a (n, h) block of bags of one size h, (n, D)."""
     if per_id_weights is None:
         return weight[ids[positions].reshape(shape)].sum(axis=1)  # (n, D)
     looked_up = rows[positions].reshape(*shape, -1)  # (n, h, D)

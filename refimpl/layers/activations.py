@@ -1,7 +1,7 @@
 """Activations and elementwise functions, defined once, on float arrays and on exact arrays.
 
 Every activation is one :class:`Activation` in :data:`ACTIVATIONS`: its NumPy forward, its
-derivative read from the *output* ``a = g(z)`` (so a backward may keep the outputs alone), its
+derivative read from the *output* ``φ(z)`` (so a backward may keep the outputs alone), its
 scalar form (for the loop versions), its PyTorch equivalent, its FLOP count and its symbolic
 rule. Adding an activation touches this file only.
 
@@ -52,26 +52,26 @@ def _sympy():
 
 @dataclass(frozen=True)
 class Activation:
-    """One elementwise activation ``a = g(z)`` and everything the project needs to know of it.
+    """One elementwise activation ``φ`` and everything the project needs to know of it.
 
     Attributes
     ----------
     name : str
         The name layers take (TorchRec takes a callable where refimpl takes this name).
     numpy : callable
-        ``g`` on float arrays.
+        ``φ`` on float arrays.
     derivative : callable
-        ``g'(z)`` read from the output ``a``; on floats and on exact arrays alike.
+        ``φ'(z)`` read from the output ``φ(z)``; on floats and on exact arrays alike.
     scalar : callable
-        ``g`` on one Python float (the naive loop versions use it).
+        ``φ`` on one Python float (the naive loop versions use it).
     torch : str
         The PyTorch equivalent, as ``module.attribute`` under ``torch`` (``"relu"`` is
         ``torch.relu``; ``"nn.Identity"`` is ``torch.nn.Identity()``).
     flops : tuple of int
-        FLOPs per element of the forward and of the backward's ``d ⊙ g'`` (comparisons and
+        FLOPs per element of the forward and of the backward's ``d ⊙ φ'`` (comparisons and
         selections are free; see :mod:`refimpl.tools.flops`).
     symbolic : callable
-        ``g`` on one SymPy expression.
+        ``φ`` on one SymPy expression.
     kinked : bool
         Not differentiable everywhere (ReLU at 0): finite differences must keep away.
     """
@@ -86,7 +86,7 @@ class Activation:
     kinked: bool = False
 
     def forward(self, z: np.ndarray) -> np.ndarray:
-        """``g(z)``: NumPy on float arrays, the symbolic rule entry by entry on exact ones."""
+        """``φ(z)``: NumPy on float arrays, the symbolic rule entry by entry on exact ones."""
         return entrywise(self.symbolic, z) if is_exact(z) else self.numpy(z)
 
     def torch_function(self):

@@ -5,15 +5,15 @@ https://arxiv.org/abs/1708.05123). Every network maps a batch ``x`` (B, N) to (B
 layers that all multiply elementwise by the input, written ``x̂`` as in the seed (TorchRec
 calls it ``x_0``; here it is ``x_hat``)::
 
-    x_0 = x̂,    x_{l+1} = x̂ ⊙ c_l(x_l) + x_l     (VectorCrossNet adds its bias outside)
+    x_0 = x̂,    x_{l+1} = x̂ ⊙ χ_l(x_l) + x_l     (VectorCrossNet adds its bias outside)
 
-where ``c_l`` is the layer's "cross": ``W x + b`` (CrossNet), ``W (V x) + b``
+where ``χ_l`` is the layer's "cross": ``W x + b`` (CrossNet), ``W (V x) + b``
 (LowRankCrossNet), or a softmax-gated mixture of low-rank experts (LowRankMixtureCrossNet).
 
-Backward runs the layers in reverse. With ``dx_{l+1} = ∂L/∂x_{l+1}``, each layer hands down::
+Backward runs the layers in reverse. With ``dx_{l+1} = ∂ℒ/∂x_{l+1}``, each layer hands down::
 
-    dx_l  = dx_{l+1} + (∂c_l/∂x_l)ᵀ (x̂ ⊙ dx_{l+1})     (the identity path, then the cross)
-    dx̂   += c_l ⊙ dx_{l+1}                               (every layer reads x̂)
+    dx_l  = dx_{l+1} + (∂χ_l/∂x_l)ᵀ (x̂ ⊙ dx_{l+1})     (the identity path, then the cross)
+    dx̂   += χ_l ⊙ dx_{l+1}                               (every layer reads x̂)
 
 and at the end ``d_input = dx_0 + dx̂``: the input is both the first ``x_l`` and the ``x̂``
 every layer multiplies by, so its gradient is the sum of the two.
@@ -22,7 +22,8 @@ Each network's forward and backward is written once as a pair of functions over 
 dict keyed like TorchRec's ``state_dict()`` (``crossnet_forward``, ``crossnet_backward``, …).
 They are the textbook form: they run unchanged on float arrays and on exact object arrays
 (SymPy symbols, rationals), which is how ``derivations/`` proves them. Arrays are (B, N) rows
-(samples as rows, so ``W x`` is written ``x Wᵀ``); TorchRec's trailing unit axis is dropped.
+(samples as rows, so the column form ``W x`` is written ``x Wᵀ``); TorchRec's trailing unit
+axis is dropped.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ def num_layers_of(params) -> int:
 
 class CrossCache(NamedTuple):
     xs: tuple  # x_l entering each layer, L arrays (B, N); xs[0] is x̂
-    crosses: tuple  # c_l = x_l W_lᵀ + b_l, L arrays (B, N)
+    crosses: tuple  # χ_l = x_l W_lᵀ + b_l, L arrays (B, N)
 
 
 def crossnet_forward(params, x_hat):
@@ -66,7 +67,7 @@ def crossnet_forward(params, x_hat):
     """
     xs, crosses = [x_hat], []
     for l in range(num_layers_of(params)):
-        cross = xs[l] @ params[f"kernels.{l}"].T + params[f"bias.{l}"][:, 0]  # c_l, (B, N)
+        cross = xs[l] @ params[f"kernels.{l}"].T + params[f"bias.{l}"][:, 0]  # χ_l, (B, N)
         crosses.append(cross)
         xs.append(x_hat * cross + xs[l])  # x_{l+1}, (B, N)
     return xs[-1], CrossCache(tuple(xs[:-1]), tuple(crosses))
@@ -78,7 +79,7 @@ def crossnet_backward(params, d_out, cache: CrossCache):
     x_hat = xs[0]
     d_x, d_x_hat, d_params = d_out, np.zeros_like(x_hat), {}
     for l in reversed(range(len(xs))):
-        d_cross = x_hat * d_x  # dc_l, (B, N)
+        d_cross = x_hat * d_x  # dχ_l, (B, N)
         d_params[f"kernels.{l}"] = d_cross.T @ xs[l]  # (N, N)
         d_params[f"bias.{l}"] = d_cross.sum(axis=0)[:, None]  # (N, 1)
         d_x_hat = d_x_hat + crosses[l] * d_x  # this layer's share of dx̂, (B, N)
@@ -132,16 +133,16 @@ class CrossNet(_CrossNetBase):
     -----
     Forward, for l = 0 … L-1, with rows ``x_l`` of shape (B, N)::
 
-        c_l     = x_l W_lᵀ + b_lᵀ                   (B, N)
-        x_{l+1} = x̂ ⊙ c_l + x_l                     (B, N)
+        χ_l     = x_l W_lᵀ + b_lᵀ                   (B, N)
+        x_{l+1} = x̂ ⊙ χ_l + x_l                     (B, N)
 
     Backward, for l = L-1 … 0, from ``dx_L = d_out``::
 
-        dc_l    = x̂ ⊙ dx_{l+1}                      (B, N)
-        dW_l    = dc_lᵀ x_l                         (N, N)
-        db_l    = Σ_batch dc_l                      (N, 1)
-        dx̂     += c_l ⊙ dx_{l+1}                    (B, N)
-        dx_l    = dx_{l+1} + dc_l W_l               (B, N)
+        dχ_l    = x̂ ⊙ dx_{l+1}                      (B, N)
+        dW_l    = dχ_lᵀ x_l                         (N, N)
+        db_l    = Σ_batch dχ_l                      (N, 1)
+        dx̂     += χ_l ⊙ dx_{l+1}                    (B, N)
+        dx_l    = dx_{l+1} + dχ_l W_l               (B, N)
 
     and ``d_input = dx_0 + dx̂`` (:func:`crossnet_forward`, :func:`crossnet_backward`).
 
@@ -202,7 +203,7 @@ class CrossNet(_CrossNetBase):
 class LowRankCache(NamedTuple):
     xs: tuple  # x_l entering each layer, L arrays (B, N)
     projections: tuple  # v_l = x_l V_lᵀ, L arrays (B, r)
-    crosses: tuple  # c_l = v_l W_lᵀ + b_l, L arrays (B, N)
+    crosses: tuple  # χ_l = v_l W_lᵀ + b_l, L arrays (B, N)
 
 
 def low_rank_crossnet_forward(params, x_hat):
@@ -210,7 +211,7 @@ def low_rank_crossnet_forward(params, x_hat):
     xs, projections, crosses = [x_hat], [], []
     for l in range(num_layers_of(params)):
         projection = xs[l] @ params[f"V_kernels.{l}"].T  # v_l, (B, r)
-        cross = projection @ params[f"W_kernels.{l}"].T + params[f"bias.{l}"]  # c_l, (B, N)
+        cross = projection @ params[f"W_kernels.{l}"].T + params[f"bias.{l}"]  # χ_l, (B, N)
         projections.append(projection)
         crosses.append(cross)
         xs.append(x_hat * cross + xs[l])  # x_{l+1}, (B, N)
@@ -223,7 +224,7 @@ def low_rank_crossnet_backward(params, d_out, cache: LowRankCache):
     x_hat = xs[0]
     d_x, d_x_hat, d_params = d_out, np.zeros_like(x_hat), {}
     for l in reversed(range(len(xs))):
-        d_cross = x_hat * d_x  # dc_l, (B, N)
+        d_cross = x_hat * d_x  # dχ_l, (B, N)
         d_projection = d_cross @ params[f"W_kernels.{l}"]  # dv_l, (B, r)
         d_params[f"W_kernels.{l}"] = d_cross.T @ projections[l]  # (N, r)
         d_params[f"V_kernels.{l}"] = d_projection.T @ xs[l]  # (r, N)
@@ -261,17 +262,17 @@ class LowRankCrossNet(_CrossNetBase):
     Forward, for l = 0 … L-1::
 
         v_l     = x_l V_lᵀ                          (B, r)
-        c_l     = v_l W_lᵀ + b_l                    (B, N)
-        x_{l+1} = x̂ ⊙ c_l + x_l                     (B, N)
+        χ_l     = v_l W_lᵀ + b_l                    (B, N)
+        x_{l+1} = x̂ ⊙ χ_l + x_l                     (B, N)
 
     Backward, for l = L-1 … 0, from ``dx_L = d_out``::
 
-        dc_l    = x̂ ⊙ dx_{l+1}                      (B, N)
-        dW_l    = dc_lᵀ v_l                         (N, r)
-        db_l    = Σ_batch dc_l                      (N,)
-        dv_l    = dc_l W_l                          (B, r)
+        dχ_l    = x̂ ⊙ dx_{l+1}                      (B, N)
+        dW_l    = dχ_lᵀ v_l                         (N, r)
+        db_l    = Σ_batch dχ_l                      (N,)
+        dv_l    = dχ_l W_l                          (B, r)
         dV_l    = dv_lᵀ x_l                         (r, N)
-        dx̂     += c_l ⊙ dx_{l+1}                    (B, N)
+        dx̂     += χ_l ⊙ dx_{l+1}                    (B, N)
         dx_l    = dx_{l+1} + dv_l V_l               (B, N)
 
     and ``d_input = dx_0 + dx̂`` (:func:`low_rank_crossnet_forward`,
@@ -464,11 +465,11 @@ class VectorCrossNet(_CrossNetBase):
 
 class MixtureCache(NamedTuple):
     xs: tuple  # x_l entering each layer, L arrays (B, N)
-    h: tuple  # h_l = g(a_l), a_l = x_l V_lᵀ, L arrays (K, B, r)
-    h_tilde: tuple  # h̃_l = g(e_l), e_l = h_l C_lᵀ, L arrays (K, B, r)
-    crosses: tuple  # c_lk = h̃_lk U_lkᵀ + b_l, L arrays (K, B, N)
+    h: tuple  # φ(a_l), a_l = x_l V_lᵀ, L arrays (K, B, r)
+    h_tilde: tuple  # φ(e_l), e_l = φ(a_l) R_lᵀ (R: C_kernels), L arrays (K, B, r)
+    crosses: tuple  # χ_lk = φ(e_lk) U_lkᵀ + b_l, L arrays (K, B, N)
     probs: tuple  # p_l = softmax of the gate logits, L arrays (B, K); ones when K = 1
-    mixes: tuple  # m_l = Σ_k p_lk c_lk, L arrays (B, N)
+    mixes: tuple  # m_l = Σ_k p_lk χ_lk, L arrays (B, N)
 
 
 def stacked_gates(params) -> np.ndarray | None:
@@ -480,24 +481,25 @@ def stacked_gates(params) -> np.ndarray | None:
 
 
 def mixture_forward(params, x_hat, activation: str = "relu"):
-    """The mixture in its textbook form, every expert's cross ``c_lk`` formed; ``(x_L, cache)``.
+    """The mixture in its textbook form, every expert's cross ``χ_lk`` formed; ``(x_L, cache)``.
 
-    For l = 0 … L-1: ``x_{l+1} = x̂ ⊙ Σ_k p_lk (g(g(x_l V_lkᵀ) C_lkᵀ) U_lkᵀ + b_l) + x_l`` with
-    ``p_l = softmax(Γ x_l)`` (``p_l = 1`` when K = 1: no gates).
+    For l = 0 … L-1: ``x_{l+1} = x̂ ⊙ Σ_k p_lk (φ(φ(x_l V_lkᵀ) R_lkᵀ) U_lkᵀ + b_l) + x_l`` with
+    ``p_l = softmax(x_l Γᵀ)`` (``p_l = 1`` when K = 1: no gates); ``R`` is ``C_kernels``.
     """
-    g = get_activation(activation).forward
+    phi = get_activation(activation).forward
     gates = stacked_gates(params)  # (K, N) or None
     xs, hs, h_tildes, crosses, probs, mixes = [x_hat], [], [], [], [], []
     for l in range(num_layers_of(params)):
-        u, v, c = (params[f"{name}_kernels.{l}"] for name in "UVC")  # (K,N,r) (K,r,N) (K,r,r)
-        h = g(xs[l] @ v.transpose(0, 2, 1))  # h = g(a), a = x_l V_kᵀ, (K, B, r)
-        h_tilde = g(h @ c.transpose(0, 2, 1))  # h̃ = g(e), e = h C_kᵀ, (K, B, r)
-        cross = h_tilde @ u.transpose(0, 2, 1) + params[f"bias.{l}"][:, 0]  # c_k, (K, B, N)
+        # U (K, N, r), V (K, r, N) and R, TorchRec's C_kernels (K, r, r)
+        u, v, c = (params[f"{name}_kernels.{l}"] for name in "UVC")
+        h = phi(xs[l] @ v.transpose(0, 2, 1))  # φ(a), a = x_l V_kᵀ, (K, B, r)
+        h_tilde = phi(h @ c.transpose(0, 2, 1))  # φ(e), e = φ(a) R_kᵀ, (K, B, r)
+        cross = h_tilde @ u.transpose(0, 2, 1) + params[f"bias.{l}"][:, 0]  # χ_k, (K, B, N)
         if gates is None:
             prob = np.ones((x_hat.shape[0], 1), dtype=x_hat.dtype)  # one expert, weight 1
         else:
             prob = softmax(xs[l] @ gates.T)  # p, (B, K)
-        mix = (prob.T[:, :, None] * cross).sum(axis=0)  # m = Σ_k p_k c_k, (B, N)
+        mix = (prob.T[:, :, None] * cross).sum(axis=0)  # m = Σ_k p_k χ_k, (B, N)
         hs.append(h)
         h_tildes.append(h_tilde)
         crosses.append(cross)
@@ -521,12 +523,12 @@ def mixture_backward(params, d_out, cache: MixtureCache, activation: str = "relu
         u, v, c = (params[f"{name}_kernels.{l}"] for name in "UVC")
         d_mix = x_hat * d_x  # dm, (B, N)
         d_x_hat = d_x_hat + mix * d_x  # (B, N)
-        d_cross = prob.T[:, :, None] * d_mix  # dc_k = p_k dm, (K, B, N)
+        d_cross = prob.T[:, :, None] * d_mix  # dχ_k = p_k dm, (K, B, N)
         d_params[f"U_kernels.{l}"] = d_cross.transpose(0, 2, 1) @ h_tilde  # (K, N, r)
         d_params[f"bias.{l}"] = d_cross.sum(axis=(0, 1))[:, None]  # (N, 1)
-        d_e = (d_cross @ u) * derivative(h_tilde)  # de = dh̃ ⊙ g'(e), (K, B, r)
+        d_e = (d_cross @ u) * derivative(h_tilde)  # de = (dχ U) ⊙ φ'(e), (K, B, r)
         d_params[f"C_kernels.{l}"] = d_e.transpose(0, 2, 1) @ h  # (K, r, r)
-        d_a = (d_e @ c) * derivative(h)  # da = dh ⊙ g'(a), (K, B, r)
+        d_a = (d_e @ c) * derivative(h)  # da = (de R) ⊙ φ'(a), (K, B, r)
         d_params[f"V_kernels.{l}"] = d_a.transpose(0, 2, 1) @ x_l  # (K, r, N)
         d_x = d_x + (d_a @ v).sum(axis=0)  # identity + expert paths, (B, N)
         if gates is not None:
@@ -545,7 +547,8 @@ class LowRankMixtureCrossNet(_CrossNetBase):
 
     DCN-V2 (https://arxiv.org/abs/2008.13535), TorchRec's
     ``torchrec.modules.crossnet.LowRankMixtureCrossNet``. Expert k of layer l is
-    ``x̂ ⊙ (g(g(x_l V_lkᵀ) C_lkᵀ) U_lkᵀ + b_l)``, samples as rows; the layer adds the
+    ``x̂ ⊙ (φ(φ(x_l V_lkᵀ) R_lkᵀ) U_lkᵀ + b_l)``, samples as rows (``R`` is TorchRec's
+    ``C_kernels``; ``C`` is the combined ``[dense; sparse]`` elsewhere); the layer adds the
     softmax-weighted sum of its experts to ``x_l``. The gates are one set shared by every layer.
     With K = 1 there is no gate at all (TorchRec skips it): ``x_{l+1} = expert + x_l``.
 
@@ -560,7 +563,7 @@ class LowRankMixtureCrossNet(_CrossNetBase):
     low_rank : int
         r >= 1.
     activation : str
-        g, by name (see :mod:`refimpl.layers.activations`). TorchRec takes a callable (default
+        φ, by name (see :mod:`refimpl.layers.activations`). TorchRec takes a callable (default
         ``torch.relu``); a callable here is a TypeError.
     seed : int or Generator, optional
         Initialisation as TorchRec: kernels xavier-normal (torch's fan rule for 3-D tensors),
@@ -571,8 +574,8 @@ class LowRankMixtureCrossNet(_CrossNetBase):
     ----------
     params : dict
         ``U_kernels.l`` (K, N, r), ``V_kernels.l`` (K, r, N), ``bias.l`` (N, 1),
-        ``gates.k.weight`` (1, N) for k < K only when K > 1, then ``C_kernels.l`` (K, r, r)
-        — TorchRec's order.
+        ``gates.k.weight`` (1, N) for k < K only when K > 1, then ``C_kernels.l`` (K, r, r),
+        written R_l in the Notes — TorchRec's order.
 
     Notes
     -----
@@ -580,36 +583,36 @@ class LowRankMixtureCrossNet(_CrossNetBase):
     gates, (K, N))::
 
         a_lk    = x_l V_lkᵀ                         (K, B, r)
-        h_lk    = g(a_lk)                           (K, B, r)
-        e_lk    = h_lk C_lkᵀ                        (K, B, r)
-        h̃_lk    = g(e_lk)                           (K, B, r)
-        c_lk    = h̃_lk U_lkᵀ + b_lᵀ                 (K, B, N)
-        p_l     = softmax_k(x_l Γᵀ)                 (B, K)    (p_l = 1 when K = 1)
-        m_l     = Σ_k p_lk c_lk                     (B, N)
+        e_lk    = φ(a_lk) R_lkᵀ                     (K, B, r)
+        χ_lk    = φ(e_lk) U_lkᵀ + b_lᵀ              (K, B, N)
+        z_l     = x_l Γᵀ                            (B, K)    the gate logits
+        p_l     = softmax_k(z_l)                    (B, K)    (p_l = 1 when K = 1)
+        m_l     = Σ_k p_lk χ_lk                     (B, N)
         x_{l+1} = x̂ ⊙ m_l + x_l                     (B, N)    = Σ_k p_lk expert_lk + x_l
 
     Backward, for l = L-1 … 0, from ``dx_L = d_out``::
 
         dm_l    = x̂ ⊙ dx_{l+1}                      (B, N)
         dx̂     += m_l ⊙ dx_{l+1}                    (B, N)
-        dc_lk   = p_lk dm_l                         (K, B, N)
-        dU_lk   = dc_lkᵀ h̃_lk                       (K, N, r)
-        db_l    = Σ_batch,k dc_lk                   (N, 1)
-        de_lk   = (dc_lk U_lk) ⊙ g'(e_lk)           (K, B, r)
-        dC_lk   = de_lkᵀ h_lk                       (K, r, r)
-        da_lk   = (de_lk C_lk) ⊙ g'(a_lk)           (K, B, r)
+        dχ_lk   = p_lk dm_l                         (K, B, N)
+        dU_lk   = dχ_lkᵀ φ(e_lk)                    (K, N, r)
+        db_l    = Σ_batch,k dχ_lk                   (N, 1)
+        de_lk   = (dχ_lk U_lk) ⊙ φ'(e_lk)           (K, B, r)
+        dR_lk   = de_lkᵀ φ(a_lk)                    (K, r, r)
+        da_lk   = (de_lk R_lk) ⊙ φ'(a_lk)           (K, B, r)
         dV_lk   = da_lkᵀ x_l                        (K, r, N)
-        dp_lk   = Σ_N c_lk ⊙ dm_l                   (B, K)
+        dp_lk   = Σ_N χ_lk ⊙ dm_l                   (B, K)
         dz_l    = p_l ⊙ (dp_l − Σ_k p_lk dp_lk)     (B, K)    softmax backward (K > 1)
         dΓ     += dz_lᵀ x_l                         (K, N)    summed over layers: shared
         dx_l    = dx_{l+1} + Σ_k da_lk V_lk + dz_l Γ   (B, N)
 
-    and ``d_input = dx_0 + dx̂`` (:func:`mixture_forward`, :func:`mixture_backward`). ``g'``
-    is read from g's output (see :mod:`refimpl.layers.activations`), so the pre-activations
-    ``a`` and ``e`` are not kept; :meth:`pre_activations` recomputes them.
+    and ``d_input = dx_0 + dx̂`` (:func:`mixture_forward`, :func:`mixture_backward`). ``φ'``
+    is read from φ's output (:mod:`refimpl.layers.activations`; the code calls φ(a) ``h`` and
+    φ(e) ``h_tilde``), so the pre-activations ``a`` and ``e`` are not kept;
+    :meth:`pre_activations` recomputes them.
 
-    The layer computes the same numbers without the K crosses ``c_lk`` or their gradients
-    ``dc_lk`` (each (K, B, N): K times the size of everything else in a layer), in
+    The layer computes the same numbers without the K crosses ``χ_lk`` or their gradients
+    ``dχ_lk`` (each (K, B, N): K times the size of everything else in a layer), in
     :mod:`refimpl.fast.crossnet`.
 
     Examples
@@ -691,8 +694,8 @@ class LowRankMixtureCrossNet(_CrossNetBase):
     def kink_distance(self, x: np.ndarray) -> float:
         """Smallest |pre-activation| of either activation, over all layers and experts.
 
-        ``inf`` unless the activation has a kink. A second pre-activation ``C g(a)`` whose
-        input ``g(a)`` is entirely zero (every entry of ``a`` strictly negative) is identically
+        ``inf`` unless the activation has a kink. A second pre-activation ``φ(a) Rᵀ`` whose
+        input ``φ(a)`` is entirely zero (every entry of ``a`` strictly negative) is identically
         zero near this point, not at a kink, and is left out: with r = 1 that happens for about
         half of all (sample, expert) pairs and would otherwise refuse almost every input.
         """
@@ -701,15 +704,15 @@ class LowRankMixtureCrossNet(_CrossNetBase):
         pre1, pre2 = self.pre_activations(x)  # (L, K, B, r) each
         if pre1.size == 0:  # an empty batch
             return float("inf")
-        live = np.any(pre1 > 0, axis=-1, keepdims=True)  # g(a) not all zero, (L, K, B, 1)
+        live = np.any(pre1 > 0, axis=-1, keepdims=True)  # φ(a) not all zero, (L, K, B, 1)
         distances = [np.abs(pre1).min()]
         if live.any():
             distances.append(np.abs(np.where(live, pre2, np.inf)).min())
         return float(min(distances))
 
     def pre_activations(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``a = x_l V_lᵀ`` and ``e = h_l C_lᵀ`` of every layer and expert, each (L, K, B, r),
-        recomputed: the cache keeps only ``g(a)`` and ``g(e)`` (backward reads g' from them)."""
+        """``a = x_l V_lᵀ`` and ``e = φ(a) R_lᵀ`` of every layer and expert, each (L, K, B, r),
+        recomputed: the cache keeps only ``φ(a)`` and ``φ(e)`` (backward reads φ' from them)."""
         _, cache = mixture_forward(self._params, self._check_input(x), self.activation)
         pre1 = np.stack(
             [

@@ -68,12 +68,11 @@ class InteractionArch(Layer):
     -----
     With ``C`` of shape (B, F+1, D) and the kept pairs ``(i_k, j_k)``::
 
-        Z = C Cᵀ                                  (B, F+1, F+1)
-        out = concat(dense, Z[:, i_k, j_k])       (B, D + P)
+        out = concat(dense, (C Cᵀ)[:, i_k, j_k])       (B, D + P)
 
     where P = F(F+1)/2 (or (F+1)(F+2)/2 with the diagonal). Backward scatters the pair part of
-    the upstream gradient into ``G`` (B, F+1, F+1), zero elsewhere; since ``dZ = G`` and
-    ``Z = C Cᵀ``, ``dC = (G + Gᵀ) C``. A diagonal entry of ``G`` appears twice in ``G + Gᵀ``,
+    the upstream gradient into ``G`` (B, F+1, F+1), zero elsewhere: ``G = ∂ℒ/∂(C Cᵀ)``, so
+    ``dC = (G + Gᵀ) C``. A diagonal entry of ``G`` appears twice in ``G + Gᵀ``,
     which is exactly ``d(c·c)/dc = 2c``. Then ``d_dense = d_out[:, :D] + dC[:, 0]`` and
     ``d_sparse = dC[:, 1:]``.
 
@@ -169,7 +168,7 @@ class InteractionArch(Layer):
 def dot_interaction(
     dense: np.ndarray, sparse: np.ndarray, rows: np.ndarray, cols: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The forward in its textbook form, ``Z = C Cᵀ`` then the kept pairs; also returns C.
+    """The forward in its textbook form, ``C Cᵀ`` then the kept pairs; also returns C.
 
     The layer computes the same pairs from ``C Sᵀ`` (faster); this is what it computes.
 
@@ -180,7 +179,7 @@ def dot_interaction(
     array([[ 1.,  2., 11., 17., 39.]])
     """
     combined = np.concatenate([dense[:, None, :], sparse], axis=1)  # C, (B, F+1, D)
-    gram = combined @ combined.transpose(0, 2, 1)  # Z = C Cᵀ, (B, F+1, F+1)
+    gram = combined @ combined.transpose(0, 2, 1)  # C Cᵀ, (B, F+1, F+1)
     pairs = gram[:, rows, cols]  # (B, P)
     return np.concatenate([dense, pairs], axis=1), combined  # (B, D + P)
 

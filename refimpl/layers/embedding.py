@@ -2,18 +2,18 @@
 
 A categorical feature gives each sample a *bag* of ids (a user's recent items, a page's
 tags), possibly empty, possibly with repeats. An embedding bag looks up one row of a table
-``E`` (num_embeddings, D) per id and pools the bag into one vector: the sum, or the mean, of
+``T`` (num_embeddings, D) per id and pools the bag into one vector: the sum, or the mean, of
 its rows, each row optionally scaled by a per-id weight. Written as a matrix product, with
 ``A`` the (B, num_embeddings) *bag matrix* whose entry ``A[b, j]`` is the total weight of id
 ``j`` in bag ``b`` (divided by the bag's length for the mean)::
 
-    pooled = A E                    (B, D)
-    dE     = Aᵀ d_pooled            (num_embeddings, D)
+    pooled = A T                    (B, D)
+    dT     = Aᵀ d_pooled            (num_embeddings, D)
 
-``A`` has one nonzero per distinct id in a bag, so ``dE`` is zero on every row no id in the
+``A`` has one nonzero per distinct id in a bag, so ``dT`` is zero on every row no id in the
 batch named: the gradient is row-sparse (:class:`~refimpl.layers.rowsparse.RowSparse`), and a
 repeated id adds its gradient once per occurrence. Nothing here ever forms ``A`` or a dense
-``dE``: memory and time follow the ids in the batch, never the table size.
+``dT``: memory and time follow the ids in the batch, never the table size.
 
 :func:`embedding_bag_forward` and :func:`embedding_bag_backward` are the textbook form for one
 feature and its table (they run on float arrays and on exact object arrays alike);
@@ -211,7 +211,7 @@ class BagCache(NamedTuple):
     ids: np.ndarray  # (M,) the ids looked up, bag by bag
     lengths: np.ndarray  # (B,) bag sizes
     per_id_weights: np.ndarray | None  # (M,) or None
-    rows: np.ndarray | None  # E[ids], (M, D): kept only when weighted (for d_weights)
+    rows: np.ndarray | None  # T[ids], (M, D): kept only when weighted (for d_weights)
     pooling: str
 
 
@@ -254,12 +254,12 @@ def bag_sizes(lengths: np.ndarray, like: np.ndarray) -> np.ndarray:
 
 
 def embedding_bag_forward(weight, ids, lengths, per_id_weights=None, pooling="sum"):
-    """Pool each bag's rows of ``weight``: ``pooled[b] = Σ_{i in bag b} w_i E[ids_i]`` (÷ n_b).
+    """Pool each bag's rows of ``weight``: ``pooled[b] = Σ_{i in bag b} w_i T[ids_i]`` (÷ n_b).
 
     Parameters
     ----------
     weight : ndarray, shape (num_embeddings, D)
-        The table ``E``.
+        The table ``T``.
     ids : ndarray of int, shape (M,)
         The ids, bag after bag (each in range: the layer checks).
     lengths : ndarray of int, shape (B,)
@@ -286,7 +286,7 @@ def embedding_bag_forward(weight, ids, lengths, per_id_weights=None, pooling="su
     array([[1.33333333, 0.66666667],
            [0.        , 0.        ]])
     """
-    rows = weight[ids]  # E[ids], (M, D)
+    rows = weight[ids]  # T[ids], (M, D)
     scaled = rows if per_id_weights is None else rows * per_id_weights[:, None]  # (M, D)
     pooled = segment_sum(scaled, lengths)  # (B, D)
     if pooling == "mean":
@@ -302,8 +302,8 @@ def embedding_bag_backward(d_pooled, cache: BagCache, num_embeddings: int):
     the table's gradient adds these per row, so a repeated id counts once per occurrence::
 
         d_rows_i = w_i d_pooled[bag(i)] / n_bag(i)       (M, D)
-        dE[j]    = Σ_{i : ids_i = j} d_rows_i              (U rows; every other row is zero)
-        dw_i     = d_pooled[bag(i)] · E[ids_i]             (M,), sum pooling only
+        dT[j]    = Σ_{i : ids_i = j} d_rows_i              (U rows; every other row is zero)
+        dw_i     = d_pooled[bag(i)] · T[ids_i]             (M,), sum pooling only
 
     Returns
     -------
@@ -325,7 +325,7 @@ def embedding_bag_backward(d_pooled, cache: BagCache, num_embeddings: int):
     d_looked_up = d_bag[bag]  # the gradient reaching each lookup, (M, D)
     if per_id_weights is None:
         return RowSparse.from_rows(ids, d_looked_up, num_embeddings), None
-    d_per_id_weights = (d_looked_up * rows).sum(axis=1)  # dw_i = d_pooled[bag] · E[id], (M,)
+    d_per_id_weights = (d_looked_up * rows).sum(axis=1)  # dw_i = d_pooled[bag] · T[id], (M,)
     d_rows = d_looked_up * per_id_weights[:, None]  # (M, D)
     return RowSparse.from_rows(ids, d_rows, num_embeddings), d_per_id_weights
 
@@ -410,7 +410,7 @@ class EBCCache(NamedTuple):
     features: tuple  # per output feature: (table index, ids, lengths, weights or None, slice)
     batch: int
     num_ids: int  # M of the whole KeyedJaggedArray (for the weights' gradient)
-    looked_up: tuple  # per output feature: E[ids] (M_f, D) when weighted, else None
+    looked_up: tuple  # per output feature: T[ids] (M_f, D) when weighted, else None
 
 
 class EmbeddingBagCollection(Layer):
@@ -632,7 +632,7 @@ class EmbeddingBagCollection(Layer):
                 d_bags = d_bags / mean_divisor(lengths, self.dtype)  # (B, D_f)
             bag = np.repeat(np.arange(batch), lengths)  # the bag of each id, (M_f,)
             if weights is not None:
-                # dw_i = d_bags[bag(i)] · E[id_i], one dot product per id
+                # dw_i = d_bags[bag(i)] · T[id_i], one dot product per id
                 d_weights[where] += np.einsum("md,md->m", d_bags[bag], looked_up[k])
             table_ids, sources, source_index, scales = per_table[t]
             source_index.append(bag + batch * len(sources))  # row of the stacked d_bags

@@ -8,15 +8,15 @@ A factorization machine's second-order term sums the products of pairs. Which pa
 TorchRec and the papers part:
 
 - **the papers** (``pairs="features"``): every pair of *feature vectors*,
-  ``Σ_{i<j} ⟨v_i, v_j⟩`` over the F feature embeddings v_i (D each);
+  ``Σ_{i<j} ⟨c_i, c_j⟩`` over the F feature embeddings c_i (D each);
 - **TorchRec** (``pairs="scalars"``, the default here as there): every pair of *scalars* of
   the flattened input ``x`` (all N = F·D entries), ``Σ_{a<b} x_a x_b``. That adds the products
-  across embedding dimensions (``v_{i,d} v_{j,e}`` with d ≠ e) and inside one embedding
-  (``v_{i,d} v_{i,e}``), which the papers' FM does not have.
+  across embedding dimensions (``c_{i,d} c_{j,e}`` with d ≠ e) and inside one embedding
+  (``c_{i,d} c_{i,e}``), which the papers' FM does not have.
 
 Both are computed in O(N) rather than O(N²) by the same identity, ``Σ_{a<b} x_a x_b =
 ½[(Σ_a x_a)² − Σ_a x_a²]``: TorchRec applies it once to the flattened row, the papers once per
-embedding dimension d (to the F numbers ``v_{1,d} … v_{F,d}``) and sum over d.
+embedding dimension d (to the F numbers ``c_{1,d} … c_{F,d}``) and sum over d.
 
 The textbook functions (``fm_scalar_pairs_forward`` …) run unchanged on float arrays and on
 exact object arrays (SymPy symbols, rationals), which is how ``derivations/`` proves them.
@@ -77,19 +77,19 @@ def fm_scalar_pairs_backward(d_out: np.ndarray, cache: FMCache) -> np.ndarray:
 
 
 def fm_feature_pairs_forward(stacked: np.ndarray) -> tuple[np.ndarray, FMCache]:
-    """The papers' FM: ``Σ_{i<j} ⟨v_i, v_j⟩`` over the F vectors, as ``½ Σ_d [s_d² − Σ_i v_id²]``.
+    """The papers' FM: ``Σ_{i<j} ⟨c_i, c_j⟩`` over the F vectors, as ``½ Σ_d [s_d² − Σ_i c_id²]``.
 
     >>> v = np.array([[[1.0, 2.0], [3.0, 4.0]]])  # B=1, F=2, D=2
-    >>> fm_feature_pairs_forward(v)[0]             # ⟨v_0, v_1⟩ = 3 + 8
+    >>> fm_feature_pairs_forward(v)[0]             # ⟨c_0, c_1⟩ = 3 + 8
     array([[11.]])
     """
-    total = stacked.sum(axis=1)  # s_d = Σ_i v_id, (B, D)
-    squares = (stacked * stacked).sum(axis=(1, 2))[:, None]  # Σ_i Σ_d v_id², (B, 1)
+    total = stacked.sum(axis=1)  # s_d = Σ_i c_id, (B, D)
+    squares = (stacked * stacked).sum(axis=(1, 2))[:, None]  # Σ_i Σ_d c_id², (B, 1)
     return ((total * total).sum(axis=1, keepdims=True) - squares) / 2, FMCache(stacked, total)
 
 
 def fm_feature_pairs_backward(d_out: np.ndarray, cache: FMCache) -> np.ndarray:
-    """``∂/∂v_id = s_d − v_id``: the sum of the *other* features in the same dimension d.
+    """``∂/∂c_id = s_d − c_id``: the sum of the *other* features in the same dimension d.
 
     >>> _, cache = fm_feature_pairs_forward(np.array([[[1.0, 2.0], [3.0, 4.0]]]))
     >>> fm_feature_pairs_backward(np.ones((1, 1)), cache)
@@ -183,7 +183,7 @@ class FactorizationMachine(Layer):
     pairs : {"scalars", "features"}
         ``"scalars"`` (default) is TorchRec's ``FactorizationMachine``: the inputs are
         flattened to (B, N) and the output is ``Σ_{a<b} x_a x_b`` over all N scalars.
-        ``"features"`` is the FM of Rendle (2010) and DeepFM (2017): ``Σ_{i<j} ⟨v_i, v_j⟩``
+        ``"features"`` is the FM of Rendle (2010) and DeepFM (2017): ``Σ_{i<j} ⟨c_i, c_j⟩``
         over the feature vectors; every input must then be (B, D) (one feature) or
         (B, F_i, D) (F_i features) with one D.
     dtype : float32 or float64
@@ -196,13 +196,13 @@ class FactorizationMachine(Layer):
         out = ½ (s² − Σ_a x_a²)          (B, 1)      pairs="scalars"
         dx_a = d_out · (s − x_a)          (B, N)
 
-    With ``v`` the stacked features (B, F, D) and ``s_d = Σ_i v_id`` (B, D)::
+    With ``c`` the stacked features (B, F, D) and ``s_d = Σ_i c_id`` (B, D)::
 
-        out = ½ Σ_d (s_d² − Σ_i v_id²)    (B, 1)      pairs="features"
-        dv_id = d_out · (s_d − v_id)      (B, F, D)
+        out = ½ Σ_d (s_d² − Σ_i c_id²)    (B, 1)      pairs="features"
+        dc_id = d_out · (s_d − c_id)      (B, F, D)
 
     The two agree when D = 1 and differ otherwise: TorchRec's adds
-    ``Σ_{(i,d) ≠ (j,e), d ≠ e} v_id v_je`` (each unordered pair once).
+    ``Σ_{(i,d) ≠ (j,e), d ≠ e} c_id c_je`` (each unordered pair once).
 
     Examples
     --------

@@ -2,18 +2,19 @@
 
 A DLRM outputs one logit ``x`` per sample; ``p = σ(x)`` is the predicted click probability and
 the label ``y`` is 1 for a click, 0 otherwise (any value in between is a soft label, which
-torch accepts, and so do we). With an optional weight ``q`` on the positive term
+torch accepts, and so do we). With an optional weight ``ω`` on the positive term
 (``pos_weight``), the loss of one logit is::
 
-    ℓ(x, y) = −[q y log σ(x) + (1 − y) log(1 − σ(x))]
+    ℓ(x, y) = −[ω y log σ(x) + (1 − y) log(1 − σ(x))]
 
-and the loss is the mean of ℓ over the N logits. Since ``−log σ(x) = softplus(−x)`` and
-``−log(1 − σ(x)) = x + softplus(−x)`` (``softplus(z) = log(1 + e^z)``)::
+and the loss ℒ is the mean of ℓ over the n logits (n = B for a (B, 1) batch). Since
+``−log σ(x) = softplus(−x)`` and ``−log(1 − σ(x)) = x + softplus(−x)``
+(``softplus(z) = log(1 + e^z)``)::
 
-    ℓ     = (1 − y) x + (1 + (q − 1) y) softplus(−x)
-    dℓ/dx = (1 − y) − (1 + (q − 1) y) σ(−x) = (1 + (q − 1) y) σ(x) − q y
+    ℓ     = (1 − y) x + (1 + (ω − 1) y) softplus(−x)
+    dℓ/dx = (1 − y) − (1 + (ω − 1) y) σ(−x) = (1 + (ω − 1) y) σ(x) − ω y
 
-which is ``σ(x) − y`` when q = 1: the prediction minus the label, divided by N for the mean.
+which is ``σ(x) − y`` when ω = 1: the prediction minus the label, divided by n for the mean.
 softplus is evaluated without overflow for logits of ±10⁴
 (:func:`~refimpl.layers.activations.softplus`), and σ likewise.
 """
@@ -31,11 +32,11 @@ from refimpl.layers.base import FLOAT_DTYPES, Layer
 class BCECache(NamedTuple):
     logits: np.ndarray  # x, any shape
     labels: np.ndarray  # y, the shape of x
-    pos_weight: object  # q, broadcast to x's shape, or None
+    pos_weight: object  # ω, broadcast to x's shape, or None
 
 
 def bce_with_logits_forward(logits, labels, pos_weight=None):
-    """The mean of ``ℓ = (1 − y) x + (1 + (q − 1) y) softplus(−x)``; returns ``(loss, cache)``.
+    """The mean of ``ℓ = (1 − y) x + (1 + (ω − 1) y) softplus(−x)``; returns ``(loss, cache)``.
 
     Runs on float and exact object arrays alike.
 
@@ -49,7 +50,7 @@ def bce_with_logits_forward(logits, labels, pos_weight=None):
 
 
 def bce_with_logits_backward(d_loss, cache: BCECache):
-    """``d_loss · ((1 + (q − 1) y) σ(x) − q y) / N``, the gradient of the mean loss in x.
+    """``d_loss · ((1 + (ω − 1) y) σ(x) − ω y) / n``, the gradient of the mean loss in x.
 
     >>> _, cache = bce_with_logits_forward(np.array([[0.0], [2.0]]), np.array([[1.0], [0.0]]))
     >>> bce_with_logits_backward(1.0, cache)          # (σ(x) − y) / 2
@@ -71,8 +72,8 @@ class BCEWithLogitsLoss(Layer):
     Parameters
     ----------
     pos_weight : float or ndarray, optional
-        q, the weight of the positive term, broadcast against the labels as torch does (for
-        logits (B, C), one weight per column C). Default: no weighting (q = 1).
+        ω, the weight of the positive term, broadcast against the labels as torch does (for
+        logits of shape (B, k), one weight per column). Default: no weighting (ω = 1).
 
     Notes
     -----

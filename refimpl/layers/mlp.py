@@ -51,9 +51,9 @@ class LinearCache(NamedTuple):
 
 
 def linear_forward(params, x):
-    """``y = x Wᵀ + b`` over ``{"weight": (O, I), "bias": (O,)}`` (no ``"bias"``: no bias).
+    """``Y = x Wᵀ + b`` over ``{"weight": (O, I), "bias": (O,)}`` (no ``"bias"``: no bias).
 
-    The textbook form of :class:`Linear`; returns ``(y, x)``: the input is all the backward
+    The textbook form of :class:`Linear`; returns ``(Y, x)``: the input is all the backward
     needs.
 
     >>> linear_forward({"weight": np.array([[2.0, -1.0]]), "bias": np.array([0.5])},
@@ -76,7 +76,7 @@ def linear_backward(params, d_out, x):
 
 
 class Linear(Layer):
-    """``y = x Wᵀ + b``, as ``torch.nn.Linear``.
+    """``Y = x Wᵀ + b``, as ``torch.nn.Linear``.
 
     Parameters
     ----------
@@ -93,9 +93,9 @@ class Linear(Layer):
 
     Notes
     -----
-    Forward and backward, with ``G = dL/dy`` of shape (B, O)::
+    Forward and backward, with ``G = ∂ℒ/∂Y`` of shape (B, O)::
 
-        y  = x Wᵀ + b          (B, O)
+        Y  = x Wᵀ + b          (B, O)
         dx = G W               (B, I)
         dW = Gᵀ x              (O, I)   summed over the batch by the matrix product
         db = Σ_b G[b]          (O,)     b is added to every row
@@ -168,16 +168,16 @@ class Linear(Layer):
 
 
 class MLPCache(NamedTuple):
-    inputs: tuple  # layer i's input x_i, (B, I_i); x_i = g(z_{i-1}) for i ≥ 1
-    output: np.ndarray  # x_L = g(z_{L-1}), (B, O); with the inputs, every layer's g(z_i)
+    inputs: tuple  # layer i's input x_i, (B, I_i); x_i = φ(z_{i-1}) for i ≥ 1
+    output: np.ndarray  # x_L = φ(z_{L-1}), (B, O); with the inputs, every layer's φ(z_i)
     activations: tuple  # each layer's activation, by name (the last may be "identity")
 
 
 def mlp_forward(params, x, activation: str = "relu", activation_on_last: bool = True):
-    """``x_{i+1} = g(x_i W_iᵀ + b_i)`` over ``params`` keyed ``_mlp.i._linear.*``.
+    """``x_{i+1} = φ(x_i W_iᵀ + b_i)`` over ``params`` keyed ``_mlp.i._linear.*``.
 
     The textbook form of :class:`MLP`; returns ``(x_L, MLPCache)``: every layer's input and
-    the output (``g'`` is read from the outputs), and each layer's activation by name.
+    the output (``φ'`` is read from the outputs), and each layer's activation by name.
 
     >>> params = {"_mlp.0._linear.weight": np.array([[1.0, -1.0]]),
     ...           "_mlp.0._linear.bias": np.array([0.0])}
@@ -193,15 +193,15 @@ def mlp_forward(params, x, activation: str = "relu", activation_on_last: bool = 
     for i, name in enumerate(names):
         inputs.append(x)
         z, _ = linear_forward(sub_params(params, f"_mlp.{i}._linear."), x)  # z_i, (B, O_i)
-        x = get_activation(name).forward(z)  # x_{i+1} = g(z_i), (B, O_i); z_i is not kept
+        x = get_activation(name).forward(z)  # x_{i+1} = φ(z_i), (B, O_i); z_i is not kept
     return x, MLPCache(tuple(inputs), x, tuple(names))
 
 
 def mlp_backward(params, d_out, cache: MLPCache):
     """``(d_input, d_params)`` of :func:`mlp_forward`, layer by layer from the last:
-    ``dz_i = dx_{i+1} ⊙ g'(z_i)``, then the Linear's backward."""
+    ``dz_i = dx_{i+1} ⊙ φ'(z_i)``, then the Linear's backward."""
     inputs, output, names = cache
-    activated = (*inputs[1:], output)  # g(z_i) of each layer: the next input, or the output
+    activated = (*inputs[1:], output)  # φ(z_i) of each layer: the next input, or the output
     d_params = {}
     d_x = d_out  # dx_L, (B, O)
     for i in reversed(range(len(inputs))):
@@ -249,16 +249,16 @@ class MLP(Layer):
     absent when ``bias=False``. With ``x_0 = input``, for i = 0 … L−1::
 
         z_i     = x_i W_iᵀ + b_i          (B, O_i)
-        x_{i+1} = g(z_i)                  (B, O_i)
+        x_{i+1} = φ(z_i)                  (B, O_i)
 
     and ``out = x_L``. Backward runs the layers in reverse, from ``dx_L = d_out``::
 
-        dz_i = dx_{i+1} ⊙ g'(z_i)         ReLU: g' = 1 where z > 0, else 0 (0 at z = 0, as torch)
+        dz_i = dx_{i+1} ⊙ φ'(z_i)         ReLU: φ' = [z > 0] (0 at z = 0, as torch)
         dW_i = dz_iᵀ x_i,   db_i = Σ_b dz_i,   dx_i = dz_i W_i
 
     The cache holds what that reads and no more: each layer's input ``x_i`` (for ``dW_i``) and
     the output ``x_L``. The pre-activations ``z_i`` are not kept: ReLU, tanh and the identity
-    read ``g'(z_i)`` from ``g(z_i) = x_{i+1}``, which is layer i+1's input (or the output).
+    read ``φ'(z_i)`` from ``φ(z_i) = x_{i+1}``, which is layer i+1's input (or the output).
     :meth:`MLP.pre_activations` recomputes them when they are wanted (kink checks, lessons).
 
     Examples
@@ -351,7 +351,7 @@ class MLP(Layer):
 
     def pre_activations(self, input: np.ndarray) -> list[np.ndarray]:
         """Every layer's ``z_i = x_i W_iᵀ + b_i`` (B, O_i), recomputed: the cache does not keep
-        them, since backward reads ``g'`` from the activations' outputs."""
+        them, since backward reads ``φ'`` from the activations' outputs."""
         _, cache = self.forward(input)
         return mlp_pre_activations(self.params, cache)
 

@@ -2,7 +2,8 @@
 
 TorchRec's ``torchrec.models.dlrm.InteractionProjectionArch``. Both branches (usually
 ``DenseArch``) read the flattened ``[dense; sparse]``; branch 1's output is reshaped to
-``Y`` (B, F1, D), branch 2's to ``Z`` (B, D, F2), and the output is ``concat(dense, Y Z)``.
+``Y₁`` (B, F1, D), branch 2's to ``Y₂`` (B, D, F2), and the output is ``concat(dense, Y₁ Y₂)``
+(the seed and TorchRec's docstring call the two Y and Z; the cache keeps them as ``y``, ``z``).
 """
 
 from __future__ import annotations
@@ -31,14 +32,14 @@ def _refuse_an_empty_batch(batch: int) -> None:
 
 
 class ProjectionCache(NamedTuple):
-    y: np.ndarray  # branch 1 output as Y, (B, F1, D)
-    z: np.ndarray  # branch 2 output as Z, (B, D, F2)
+    y: np.ndarray  # branch 1 output as Y₁, (B, F1, D)
+    z: np.ndarray  # branch 2 output as Y₂, (B, D, F2)
     branch1: object  # interaction_branch1's cache
     branch2: object  # interaction_branch2's cache
 
 
 class InteractionProjectionArch(Layer):
-    """Dense passthrough plus ``Y Z``, with ``Y`` and ``Z`` the reshaped outputs of two MLPs.
+    """Dense passthrough plus ``Y₁ Y₂``, with ``Y₁`` and ``Y₂`` the reshaped outputs of two MLPs.
 
     Parameters
     ----------
@@ -57,21 +58,21 @@ class InteractionProjectionArch(Layer):
     same N and output a multiple of D, else a ValueError at construction (TorchRec checks
     nothing and fails at the first forward). Keys are the branches' prefixed by
     ``interaction_branch1.`` / ``interaction_branch2.``. With
-    ``C = concat(dense[:, None], sparse)`` (B, F+1, D) and ``c = C.reshape(B, N)``::
+    ``C = concat(dense[:, None], sparse)`` (B, F+1, D) and ``x = C.reshape(B, N)``::
 
-        Y   = b1(c).reshape(B, F1, D)        row i of Y is b1(c)[i·D : (i+1)·D]
-        Z   = b2(c).reshape(B, D, F2)        a reshape, not a transpose: Z[k, j] = b2(c)[k·F2 + j]
-        I   = Y Z                            (B, F1, F2), batched matrix product
-        out = concat(dense, I.reshape(B, F1·F2))
+        Y₁  = b1(x).reshape(B, F1, D)        row i of Y₁ is b1(x)[i·D : (i+1)·D]
+        Y₂  = b2(x).reshape(B, D, F2)        a reshape, not a transpose: Y₂[k, j] = b2(x)[k·F2 + j]
+        Y₁₂ = Y₁ Y₂                          (B, F1, F2), batched matrix product
+        out = concat(dense, Y₁₂.reshape(B, F1·F2))
 
-    Backward, with ``dI = d_out[:, D:].reshape(B, F1, F2)``, undoes each step::
+    Backward, with ``dY₁₂ = d_out[:, D:].reshape(B, F1, F2)``, undoes each step::
 
-        dY = dI Zᵀ   (B, F1, D),     dZ = Yᵀ dI   (B, D, F2)
-        dc = b1.backward(dY.reshape(B, F1·D)) + b2.backward(dZ.reshape(B, D·F2))
-        d_dense  = d_out[:, :D] + dc.reshape(B, F+1, D)[:, 0]     (passthrough + row 0)
-        d_sparse = dc.reshape(B, F+1, D)[:, 1:]
+        dY₁ = dY₁₂ Y₂ᵀ   (B, F1, D),     dY₂ = Y₁ᵀ dY₁₂   (B, D, F2)
+        dx  = b1.backward(dY₁.reshape(B, F1·D)) + b2.backward(dY₂.reshape(B, D·F2))
+        d_dense  = d_out[:, :D] + dx.reshape(B, F+1, D)[:, 0]     (passthrough + row 0)
+        d_sparse = dx.reshape(B, F+1, D)[:, 1:]
 
-    ``c`` feeds both branches, so its gradient is the sum of the two branch gradients.
+    ``x`` feeds both branches, so its gradient is the sum of the two branch gradients.
 
     Examples
     --------
@@ -247,25 +248,25 @@ class InteractionProjectionArch(Layer):
 def projection_forward(dense, sparse, branch1, branch2):
     """The projection interaction's textbook forward; ``(out, ProjectionCache)``.
 
-    ``branch1`` and ``branch2`` are the two branches' forwards, ``c (B, N) -> (out, cache)``
+    ``branch1`` and ``branch2`` are the two branches' forwards, ``x (B, N) -> (out, cache)``
     (a :class:`~refimpl.layers.mlp.DenseArch`'s ``forward``, or
     :func:`~refimpl.layers.mlp.dense_arch_forward` over its parameters). Runs on float and on
     exact object arrays alike. Needs B ≥ 1 and F ≥ 1 (the layer handles the rest).
 
-    >>> identity = lambda c: (c, None)                # both branches return c itself
+    >>> identity = lambda x: (x, None)                # both branches return x itself
     >>> out, _ = projection_forward(np.array([[1.0, 2.0]]), np.array([[[3.0, 4.0]]]),
     ...                             identity, identity)
-    >>> out                       # dense, then Y Z with Y = [[1, 2], [3, 4]] = Z
+    >>> out                       # dense, then Y₁ Y₂ with Y₁ = [[1, 2], [3, 4]] = Y₂
     array([[ 1.,  2.,  7., 10., 15., 22.]])
     """
     batch, num_features, dim = sparse.shape
     combined = np.concatenate([dense[:, None, :], sparse], axis=1)  # C, (B, F+1, D)
-    flat = combined.reshape(batch, (num_features + 1) * dim)  # c, (B, N)
+    flat = combined.reshape(batch, (num_features + 1) * dim)  # x, (B, N)
     y_flat, cache1 = branch1(flat)  # (B, F1·D)
     z_flat, cache2 = branch2(flat)  # (B, D·F2)
-    y = y_flat.reshape(batch, y_flat.shape[1] // dim, dim)  # Y, (B, F1, D)
-    z = z_flat.reshape(batch, dim, z_flat.shape[1] // dim)  # Z, (B, D, F2): not a transpose
-    interactions = y @ z  # I, (B, F1, F2)
+    y = y_flat.reshape(batch, y_flat.shape[1] // dim, dim)  # Y₁, (B, F1, D)
+    z = z_flat.reshape(batch, dim, z_flat.shape[1] // dim)  # Y₂, (B, D, F2): not a transpose
+    interactions = y @ z  # Y₁₂, (B, F1, F2)
     out = np.concatenate([dense, interactions.reshape(batch, -1)], axis=1)  # (B, D + F1·F2)
     return out, ProjectionCache(y, z, cache1, cache2)
 
@@ -273,21 +274,21 @@ def projection_forward(dense, sparse, branch1, branch2):
 def projection_backward(d_out, cache: ProjectionCache, branch1, branch2):
     """``(d_dense, d_sparse, d_branch1, d_branch2)`` of :func:`projection_forward`.
 
-    ``branch1`` and ``branch2`` are the branches' backwards, ``(d_out, cache) -> (d_c,
+    ``branch1`` and ``branch2`` are the branches' backwards, ``(d_out, cache) -> (d_x,
     d_params)``; ``d_branch1`` and ``d_branch2`` are their parameter gradients, unprefixed.
-    ``dY = dI Zᵀ``, ``dZ = Yᵀ dI``, the reshapes undone, and ``dc`` the sum of the two branch
-    gradients (both read ``c``).
+    ``dY₁ = dY₁₂ Y₂ᵀ``, ``dY₂ = Y₁ᵀ dY₁₂``, the reshapes undone, and ``dx`` the sum of the two
+    branch gradients (both read ``x``).
     """
     y, z, cache1, cache2 = cache
     batch, f1, dim = y.shape
     f2 = z.shape[2]
-    d_interactions = d_out[:, dim:].reshape(batch, f1, f2)  # dI, (B, F1, F2)
-    d_y = d_interactions @ z.transpose(0, 2, 1)  # dY = dI Zᵀ, (B, F1, D)
-    d_z = y.transpose(0, 2, 1) @ d_interactions  # dZ = Yᵀ dI, (B, D, F2)
+    d_interactions = d_out[:, dim:].reshape(batch, f1, f2)  # dY₁₂, (B, F1, F2)
+    d_y = d_interactions @ z.transpose(0, 2, 1)  # dY₁ = dY₁₂ Y₂ᵀ, (B, F1, D)
+    d_z = y.transpose(0, 2, 1) @ d_interactions  # dY₂ = Y₁ᵀ dY₁₂, (B, D, F2)
     # Undo the reshapes: row-major order both ways, so reshaping back is exact.
     d_flat1, d_branch1 = branch1(d_y.reshape(batch, f1 * dim), cache1)  # (B, N)
     d_flat2, d_branch2 = branch2(d_z.reshape(batch, dim * f2), cache2)  # (B, N)
-    d_flat = d_flat1 + d_flat2  # dc: c feeds both branches, (B, N)
+    d_flat = d_flat1 + d_flat2  # dx: x feeds both branches, (B, N)
     d_combined = d_flat.reshape(batch, d_flat.shape[1] // dim, dim)  # dC, (B, F+1, D)
     d_dense = d_out[:, :dim] + d_combined[:, 0]  # passthrough + row 0 of C, (B, D)
     return d_dense, d_combined[:, 1:].copy(), d_branch1, d_branch2

@@ -6,9 +6,12 @@ PyTorch's ``torch.nn.LayerNorm``, ``torch.nn.MultiheadAttention`` (self-attentio
 ``torchrec.models.experimental.transformerdlrm.InteractionTransformerArch``. Paper: Vaswani et
 al., "Attention Is All You Need", 2017, https://arxiv.org/abs/1706.03762.
 
-Letters: N independent sequences, S tokens per sequence, E = D the model width, H heads of
-``h = E / H`` each, M the feed-forward width (torch's ``dim_feedforward``, 2048 by default).
-Inside the interaction arch the tokens are the F+1 rows of ``[dense; sparse]``.
+Shapes keep torch's letters, so that they read like torch's documentation: N independent
+sequences, S tokens per sequence, E = D the model width, H heads of ``h = E / H`` each, M the
+feed-forward width (torch's ``dim_feedforward``, 2048 by default). (The lessons and
+docs/notation.md write B for the sequences and d_h for the head width: there N is (F+1)·D and
+h a finite-difference step.) Inside the interaction arch the tokens are the F+1 rows of
+``[dense; sparse]``.
 
 Dropout is the identity here: refimpl is the deterministic layer, which is what torch computes
 in eval mode (``module.eval()``); the parity tests run torch that way.
@@ -87,29 +90,29 @@ def attention_scale(head_dim: int, dtype) -> np.ndarray:
 
 
 class LayerNormCache(NamedTuple):
-    normalized: np.ndarray  # x̂ = (x − μ) / σ, (…, E)
-    inv_std: np.ndarray  # 1/σ = 1/√(var + eps), (…, 1)
+    normalized: np.ndarray  # u = (x − mean x) / std, (…, E)
+    inv_std: np.ndarray  # 1/std = 1/√(var + eps), (…, 1)
 
 
 def layer_norm_forward(params, x: np.ndarray, eps) -> tuple[np.ndarray, LayerNormCache]:
-    """``y = γ ⊙ (x − μ)/√(var + eps) + β`` over the last axis (the biased variance, as torch).
+    """``w ⊙ (x − mean x)/√(var + eps) + b`` over the last axis (the biased variance, as torch).
 
     >>> params = {"weight": np.ones(2), "bias": np.zeros(2)}
     >>> layer_norm_forward(params, np.array([[1.0, 3.0]]), eps=0.0)[0]
     array([[-1.,  1.]])
     """
-    mean = x.mean(axis=-1, keepdims=True)  # μ, (…, 1)
+    mean = x.mean(axis=-1, keepdims=True)  # (…, 1)
     centered = x - mean  # (…, E)
     var = (centered * centered).mean(axis=-1, keepdims=True)  # (…, 1)
     inv_std = 1 / sqrt(var + eps)  # (…, 1)
-    normalized = centered * inv_std  # x̂, (…, E)
+    normalized = centered * inv_std  # u, (…, E)
     return normalized * params["weight"] + params["bias"], LayerNormCache(normalized, inv_std)
 
 
 def layer_norm_backward(params, d_out: np.ndarray, cache: LayerNormCache):
-    """``dx = (1/σ)(dx̂ − mean(dx̂) − x̂ ⊙ mean(dx̂ ⊙ x̂))`` with ``dx̂ = γ ⊙ dy``.
+    """``dx = (du − mean(du) − u ⊙ mean(du ⊙ u)) / std`` with ``du = w ⊙ d_out``.
 
-    The two means are the gradient through μ and through σ: every entry of x moves the mean
+    The two means are the gradient through the mean and through std: every entry of x moves the mean
     and the spread that all of the row's outputs read.
 
     >>> params = {"weight": np.ones(2), "bias": np.zeros(2)}
@@ -118,9 +121,9 @@ def layer_norm_backward(params, d_out: np.ndarray, cache: LayerNormCache):
     array([[0., 0.]])
     """
     normalized, inv_std = cache
-    d_normalized = d_out * params["weight"]  # dx̂, (…, E)
-    d_mean = d_normalized.mean(axis=-1, keepdims=True)  # through μ, (…, 1)
-    d_spread = (d_normalized * normalized).mean(axis=-1, keepdims=True)  # through σ, (…, 1)
+    d_normalized = d_out * params["weight"]  # du, (…, E)
+    d_mean = d_normalized.mean(axis=-1, keepdims=True)  # through the mean, (…, 1)
+    d_spread = (d_normalized * normalized).mean(axis=-1, keepdims=True)  # through std, (…, 1)
     d_x = inv_std * (d_normalized - d_mean - normalized * d_spread)  # (…, E)
     return d_x, {"weight": sum_tokens(d_out * normalized), "bias": sum_tokens(d_out)}
 
@@ -133,8 +136,8 @@ class AttentionCache(NamedTuple):
     q: np.ndarray  # queries, (N, H, S, h)
     k: np.ndarray  # keys, (N, H, S, h)
     v: np.ndarray  # values, (N, H, S, h)
-    probs: np.ndarray  # P = softmax(q kᵀ/√h), (N, H, S, S)
-    context: np.ndarray  # P v with the heads merged, out_proj's input, (N, S, E)
+    probs: np.ndarray  # α = softmax(q kᵀ/√h), (N, H, S, S)
+    context: np.ndarray  # αv: α v with the heads merged, out_proj's input, (N, S, E)
 
 
 def attention_forward(params, x: np.ndarray, num_heads: int):
@@ -172,8 +175,8 @@ def attention_backward(params, d_out: np.ndarray, cache: AttentionCache):
     num_heads, head_dim = q.shape[1], q.shape[3]
     d_context, d_out_weight, d_out_bias = linear_tokens_backward(
         params["out_proj.weight"], params["out_proj.bias"], d_out, context
-    )  # dc: (N, S, E)
-    d_heads = split_heads(d_context, num_heads)  # d(P v), (N, H, S, h)
+    )  # d(αv): (N, S, E)
+    d_heads = split_heads(d_context, num_heads)  # d(α v), (N, H, S, h)
     d_probs = d_heads @ v.swapaxes(-1, -2)  # (N, H, S, S)
     d_v = probs.swapaxes(-1, -2) @ d_heads  # (N, H, S, h)
     d_scores = softmax_backward(probs, d_probs)  # (N, H, S, S)
@@ -195,11 +198,11 @@ def attention_backward(params, d_out: np.ndarray, cache: AttentionCache):
 
 class FeedForwardCache(NamedTuple):
     input: np.ndarray  # x, linear1's input, (N, S, E)
-    hidden: np.ndarray  # g(x W₁ᵀ + b₁), linear2's input, (N, S, M)
+    hidden: np.ndarray  # φ(x W₁ᵀ + b₁), linear2's input, (N, S, M)
 
 
 def feed_forward(params, x: np.ndarray, activation: str = "relu"):
-    """The encoder layer's feed-forward block, ``g(x W₁ᵀ + b₁) W₂ᵀ + b₂``, on every token."""
+    """The encoder layer's feed-forward block, ``φ(x W₁ᵀ + b₁) W₂ᵀ + b₂``, on every token."""
     hidden = get_activation(activation).forward(
         linear(x, params["linear1.weight"], params["linear1.bias"])
     )  # (N, S, M)
@@ -208,7 +211,7 @@ def feed_forward(params, x: np.ndarray, activation: str = "relu"):
 
 
 def feed_forward_backward(params, d_out, cache: FeedForwardCache, activation: str = "relu"):
-    """``(d_x, d_params)`` for :func:`feed_forward`; g' is read from g's output."""
+    """``(d_x, d_params)`` for :func:`feed_forward`; φ' is read from φ's output."""
     x, hidden = cache
     d_hidden, d_weight2, d_bias2 = linear_tokens_backward(
         params["linear2.weight"], params["linear2.bias"], d_out, hidden
@@ -231,15 +234,15 @@ def feed_forward_backward(params, d_out, cache: FeedForwardCache, activation: st
 class EncoderLayerCache(NamedTuple):
     attention: AttentionCache
     norm1: LayerNormCache
-    feed_forward: FeedForwardCache  # its input is y₁ = norm1(x + attention(x))
+    feed_forward: FeedForwardCache  # its input is x₁ = norm1(x + attention(x))
     norm2: LayerNormCache
 
 
 def encoder_layer_forward(params, x: np.ndarray, num_heads: int, eps, activation: str = "relu"):
-    """torch's post-norm encoder layer: ``y₁ = norm1(x + attn(x))``, ``y = norm2(y₁ + ff(y₁))``."""
+    """torch's post-norm encoder layer: ``x₁ = norm1(x + attn(x))``, ``norm2(x₁ + ff(x₁))``."""
     a, attention = attention_forward(sub_params(params, "self_attn."), x, num_heads)  # (N, S, E)
-    attended, norm1 = layer_norm_forward(sub_params(params, "norm1."), x + a, eps)  # y₁
-    f, ff = feed_forward(params, attended, activation)  # ff(y₁), (N, S, E)
+    attended, norm1 = layer_norm_forward(sub_params(params, "norm1."), x + a, eps)  # x₁
+    f, ff = feed_forward(params, attended, activation)  # ff(x₁), (N, S, E)
     out, norm2 = layer_norm_forward(sub_params(params, "norm2."), attended + f, eps)  # (N, S, E)
     return out, EncoderLayerCache(attention, norm1, ff, norm2)
 
@@ -248,7 +251,7 @@ def encoder_layer_backward(params, d_out, cache: EncoderLayerCache, activation: 
     """``(d_x, d_params)`` for :func:`encoder_layer_forward`: norm2, the feed-forward block and
     its residual, norm1, attention and its residual, in reverse."""
     attention, norm1, ff, norm2 = cache
-    d_sum2, d_norm2 = layer_norm_backward(sub_params(params, "norm2."), d_out, norm2)  # d(y₁+f)
+    d_sum2, d_norm2 = layer_norm_backward(sub_params(params, "norm2."), d_out, norm2)  # d(x₁+f)
     d_ff_input, d_ff = feed_forward_backward(params, d_sum2, ff, activation)  # (N, S, E)
     d_attended = d_sum2 + d_ff_input  # residual + feed-forward, (N, S, E)
     d_sum1, d_norm1 = layer_norm_backward(sub_params(params, "norm1."), d_attended, norm1)
@@ -336,19 +339,20 @@ class LayerNorm(Layer):
     Attributes
     ----------
     params : dict
-        ``weight`` γ (E,) initialised to ones, ``bias`` β (E,) to zeros.
+        ``weight`` w (E,) initialised to ones, ``bias`` b (E,) to zeros.
 
     Notes
     -----
-    Each row x of E numbers, with ``μ = mean(x)`` and ``σ² = mean((x − μ)²)`` (biased)::
+    Each row x of E numbers, with ``var = mean((x − mean x)²)`` (biased) and ``w``, ``b`` the
+    parameters ``weight`` and ``bias``::
 
-        x̂  = (x − μ) / √(σ² + eps)
-        y  = γ ⊙ x̂ + β
+        u   = (x − mean x) / std,    std = √(var + eps)
+        out = w ⊙ u + b
 
-    Backward, with ``dx̂ = γ ⊙ dy``::
+    Backward, with ``du = w ⊙ d_out``::
 
-        dx = (dx̂ − mean(dx̂) − x̂ ⊙ mean(dx̂ ⊙ x̂)) / √(σ² + eps)
-        dγ = Σ_rows dy ⊙ x̂,    dβ = Σ_rows dy
+        dx = (du − mean(du) − u ⊙ mean(du ⊙ u)) / std
+        dw = Σ_rows d_out ⊙ u,    db = Σ_rows d_out
 
     Examples
     --------
@@ -479,15 +483,15 @@ class MultiheadAttention(_TokenLayer):
     taking columns ``j·h … (j+1)·h − 1``::
 
         q, k, v = x W_qᵀ + b_q, x W_kᵀ + b_k, x W_vᵀ + b_v       (S, E) each
-        P_j     = softmax(q_j k_jᵀ / √h)      row-wise             (S, S)
-        c       = [P_1 v_1, …, P_H v_H]                             (S, E)
-        out     = c W_oᵀ + b_o                                      (S, E)
+        α_j     = softmax(q_j k_jᵀ / √h)      row-wise             (S, S)
+        αv      = [α_1 v_1, …, α_H v_H]                             (S, E)
+        out     = αv W_oᵀ + b_o                                     (S, E)
 
     Backward, from ``d_out``::
 
-        dc  = d_out W_o,   dW_o = Σ d_outᵀ c,   db_o = Σ d_out
-        dP_j = dc_j v_jᵀ,  dv_j = P_jᵀ dc_j
-        dZ_j = P_j ⊙ (dP_j − rowsum(P_j ⊙ dP_j))         softmax, Z_j = q_j k_jᵀ/√h
+        d(αv) = d_out W_o,   dW_o = Σ d_outᵀ αv,   db_o = Σ d_out
+        dα_j = d(αv)_j v_jᵀ,  dv_j = α_jᵀ d(αv)_j
+        dZ_j = α_j ⊙ (dα_j − rowsum(α_j ⊙ dα_j))         softmax, Z_j = q_j k_jᵀ/√h
         dq_j = dZ_j k_j / √h,   dk_j = dZ_jᵀ q_j / √h
         dx  = [dq, dk, dv] W_in,   dW_in = Σ [dq, dk, dv]ᵀ x,   db_in = Σ [dq, dk, dv]
 
@@ -585,14 +589,14 @@ class TransformerEncoderLayer(_TokenLayer):
     -----
     Per sequence x (S, E)::
 
-        y₁  = norm1(x + attention(x))                       (S, E)
-        y   = norm2(y₁ + relu(y₁ W₁ᵀ + b₁) W₂ᵀ + b₂)         (S, E)
+        x₁  = norm1(s₁),   s₁ = x + attention(x)                      (S, E)
+        out = norm2(s₂),   s₂ = x₁ + relu(x₁ W₁ᵀ + b₁) W₂ᵀ + b₂       (S, E)
 
     Backward runs the blocks in reverse; each residual adds its two paths' gradients::
 
-        ds₂ = norm2ᵀ(dy)                      the gradient of y₁ + ff(y₁)
-        dy₁ = ds₂ + ffᵀ(ds₂)                  residual + feed-forward
-        ds₁ = norm1ᵀ(dy₁)                     the gradient of x + attention(x)
+        ds₂ = norm2ᵀ(d_out)                   the gradient of x₁ + ff(x₁)
+        dx₁ = ds₂ + ffᵀ(ds₂)                  residual + feed-forward
+        ds₁ = norm1ᵀ(dx₁)                     the gradient of x + attention(x)
         dx  = ds₁ + attentionᵀ(ds₁)           residual + attention
 
     Examples
@@ -600,7 +604,7 @@ class TransformerEncoderLayer(_TokenLayer):
     >>> layer = TransformerEncoderLayer(4, 2, dim_feedforward=8, seed=0)
     >>> x = np.random.default_rng(1).standard_normal((5, 3, 4))   # S=5, N=3, E=4
     >>> out, cache = layer.forward(x)
-    >>> np.allclose(out.mean(axis=-1), 0)        # norm2 last, with γ = 1, β = 0
+    >>> np.allclose(out.mean(axis=-1), 0)        # norm2 last, with w = 1, b = 0
     True
     """
 
@@ -682,7 +686,7 @@ class TransformerEncoderLayer(_TokenLayer):
         return self._from_sequences(d_x), {k: d_params[k] for k in self.params}
 
     def pre_activations(self, src: np.ndarray) -> np.ndarray:
-        """``y₁ W₁ᵀ + b₁`` (the feed-forward block's pre-activations) for ``src``, recomputed."""
+        """``x₁ W₁ᵀ + b₁`` (the feed-forward block's pre-activations) for ``src``, recomputed."""
         _, cache = self.forward(src)
         params = self.params
         return linear(cache.feed_forward.input, params["linear1.weight"], params["linear1.bias"])

@@ -86,8 +86,8 @@ def crossnet_flops(batch: int, in_features: int, num_layers: int) -> FlopCount:
     """CrossNet: ``x₊ = x₀ ⊙ (W x + b) + x``, W (N, N).
 
     Forward per layer and sample: ``W x`` 2N², ``+ b``, ``x₀ ⊙``, ``+ x`` 3N.
-    Backward per layer: ``dc = x₀ ⊙ g`` (N), ``c ⊙ g`` (N) summed over layers into ``dx₀``
-    (N), ``dx = g + dc W`` (2N² + N) per sample; ``dW = dcᵀ x`` (2BN²) and ``db = Σ_b dc``
+    Backward per layer: ``dχ = x₀ ⊙ g`` (N), ``χ ⊙ g`` (N) summed over layers into ``dx₀``
+    (N), ``dx = g + dχ W`` (2N² + N) per sample; ``dW = dχᵀ x`` (2BN²) and ``db = Σ_b dχ``
     (BN) per layer; finally ``d_input = dx_0 + dx₀`` (BN).
     """
     b, n, L = batch, in_features, num_layers
@@ -100,8 +100,8 @@ def low_rank_crossnet_flops(
     """LowRankCrossNet: ``x₊ = x₀ ⊙ (W (V x) + b) + x``, W (N, r), V (r, N).
 
     Forward per layer and sample: ``V x`` and ``W ·`` 2Nr each, then 3N as CrossNet.
-    Backward per layer: ``dc`` N, ``d(Vx) = dc W`` 2Nr, ``dx = g + d(Vx) V`` 2Nr + N,
-    ``c ⊙ g`` into ``dx₀`` 2N per sample; ``dW``, ``dV`` 2BNr each, ``db`` BN; then BN at the
+    Backward per layer: ``dχ`` N, ``d(Vx) = dχ W`` 2Nr, ``dx = g + d(Vx) V`` 2Nr + N,
+    ``χ ⊙ g`` into ``dx₀`` 2N per sample; ``dW``, ``dV`` 2BNr each, ``db`` BN; then BN at the
     end.
     """
     b, n, L, r = batch, in_features, num_layers, low_rank
@@ -127,19 +127,20 @@ def mixture_crossnet_flops(
     low_rank: int = 1,
     activation: str = "relu",
 ) -> FlopCount:
-    """LowRankMixtureCrossNet with K experts ``x₀ ⊙ (U φ(C φ(V x)) + b)``, gated when K > 1.
+    """LowRankMixtureCrossNet with K experts ``x₀ ⊙ (U φ(R φ(V x)) + b)``, gated when K > 1
+    (R is TorchRec's ``C_kernels``).
 
-    Forward per layer, sample and expert: ``V x`` 2Nr, ``C ·`` 2r², ``U ·`` 2Nr, two
-    activations, ``+ b`` and ``x₀ ⊙`` 2N. With K > 1 the gate logits ``gates_k · x`` (2N each),
-    the softmax (``z − max``, exp, Σ, ÷: 4 per expert) and the mixture ``Σ_k p_k e_k`` (2KN);
+    Forward per layer, sample and expert: ``V x`` 2Nr, ``R ·`` 2r², ``U ·`` 2Nr, two
+    activations, ``+ b`` and ``x₀ ⊙`` 2N. With K > 1 the gate logits ``γ_k · x`` (2N each),
+    the softmax (``z − max``, exp, Σ, ÷: 4 per expert) and the mixture ``Σ_k p_k χ_k`` (2KN);
     then ``+ x`` (N).
 
-    Backward per layer and sample, each expert: ``dc = x₀ ⊙ de`` N, ``c ⊙ de`` into ``dx₀``
-    2N, ``dq = dc U`` 2Nr, ``dh = dm C`` 2r², two activation derivatives, ``da V`` into ``dx``
-    2Nr; per layer and expert ``dU``, ``dV`` 2BNr, ``dC`` 2Br², and BN for
-    ``db = Σ_{b,k} dc``. With K > 1:
-    ``de_k = p_k g`` N, ``dp_k = g·e_k`` 2N, the softmax's backward 4, the gate logits'
-    ``dz_k gates_k`` into ``dx`` 2N and ``Σ_b dz_k x`` into ``d gates_k`` 2BN per expert, and
+    Backward per layer and sample, each expert: ``x₀ ⊙ g`` N, its share ``χ ⊙ g`` into
+    ``dx₀`` 2N, ``dχ U`` 2Nr, ``de R`` 2r², two activation derivatives, ``da V`` into ``dx``
+    2Nr; per layer and expert ``dU``, ``dV`` 2BNr, ``dR`` 2Br², and BN for
+    ``db = Σ_{b,k} dχ``. With K > 1:
+    ``dχ_k = p_k dm`` N, ``dp_k = dm·χ_k`` 2N, the softmax's backward 4, the gate logits'
+    ``dz_k γ_k`` into ``dx`` 2N and ``Σ_b dz_k x`` into ``dγ_k`` 2BN per expert, and
     one more ``+`` in ``dx = g + (experts) + (gates)``. Then BN at the end.
     """
     b, n, L, k, r = batch, in_features, num_layers, num_experts, low_rank
@@ -249,10 +250,10 @@ def attention_flops(sequences: int, length: int, width: int, num_heads: int) -> 
     """Multi-head self-attention over N sequences of S tokens (T = N·S), E = H·h.
 
     Forward per token: ``in_proj`` 6E² + 3E, ``out_proj`` 2E² + E; per sequence and head:
-    ``q kᵀ`` 2hS², ``/√h`` S², softmax (exp, Σ, ÷; the max shift is free) 3S², ``P v`` 2hS².
-    Backward per token: ``dc = d_out W_o`` and ``dW_o`` 4E², ``db_o`` E, ``[dq, dk, dv] W_in``
+    ``q kᵀ`` 2hS², ``/√h`` S², softmax (exp, Σ, ÷; the max shift is free) 3S², ``α v`` 2hS².
+    Backward per token: ``d(αv) = d_out W_o`` and ``dW_o`` 4E², ``db_o`` E, ``[dq, dk, dv] W_in``
     and ``dW_in`` 12E², ``db_in`` 3E, the two ``/√h`` on dq, dk 2E; per sequence and head:
-    ``dP = dc vᵀ`` and ``dv = Pᵀ dc`` 4hS², softmax backward (``P ⊙ dP``, Σ, ``−``, ``P ⊙``)
+    ``dα = d(αv) vᵀ`` and ``dv = αᵀ d(αv)`` 4hS², softmax backward (``α ⊙ dα``, Σ, ``−``, ``α ⊙``)
     4S², ``dq = dZ k`` and ``dk = dZᵀ q`` 4hS².
     """
     n, s, e, heads = sequences, length, width, num_heads

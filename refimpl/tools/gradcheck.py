@@ -1,16 +1,17 @@
 """Finite-difference gradient checking for any layer that keeps the refimpl contract.
 
-The loss is ``L = sum(G * out)`` for a random upstream gradient ``G``, so ``dL/d out = G`` and
-the layer's ``backward(G, cache)`` must equal the numerical derivative of ``L`` with respect to
+The loss is ``ℒ = sum(G * out)`` for a random upstream gradient ``G``, so ``∂ℒ/∂out = G`` and
+the layer's ``backward(G, cache)`` must equal the numerical derivative of ``ℒ`` with respect to
 every input element and every parameter element. Derivatives are central differences in
-float64. The textbook two-point rule
+float64 (in float32 round-off alone is larger than the tolerance: lesson 01 measures it). The
+textbook two-point rule
 
-    dL/dθ ≈ (L(θ + h) − L(θ − h)) / 2h
+    ∂ℒ/∂θ ≈ (ℒ(θ + h) − ℒ(θ − h)) / 2h
 
-errs by O(h²) truncation plus O(ε/h) round-off (notebook 00 plots the V this makes); its best
+errs by O(h²) truncation plus O(ε/h) round-off (lesson 01 plots the V this makes); its best
 error, about 1e-10 of the loss's scale, is not enough for an elementwise relative error of 1e-7
 on gradient entries that are small because their terms nearly cancel. So ``gradcheck`` uses the
-fourth-order rule, ``(L(θ−2h) − 8L(θ−h) + 8L(θ+h) − L(θ+2h)) / 12h``, with h = 1e-3: truncation
+fourth-order rule, ``(ℒ(θ−2h) − 8ℒ(θ−h) + 8ℒ(θ+h) − ℒ(θ+2h)) / 12h``, with h = 1e-3: truncation
 O(h⁴) (zero for polynomials of degree ≤ 4) and round-off ~1e-13; and it differences the
 layer's outputs before weighting them by G, so outputs the perturbed element does not touch
 add no round-off. Agreement is measured per element by :func:`rel_error`.
@@ -197,10 +198,15 @@ def gradcheck(
     points : {2, 4}
         The stencil (see :func:`numerical_gradient`).
     kink_margin : float, optional
-        Refuse inputs whose pre-activations lie within this distance of a ReLU kink (default
-        ``10 * step``, enough for the stencil's reach of 2h times a sensitivity of up to 5): a
+        Refuse inputs whose pre-activations lie within this distance of a ReLU kink: a
         difference that straddles a kink averages two one-sided slopes, which is not the
-        derivative, and would fail a correct backward.
+        derivative, and would fail a correct backward. The default, ``10 * step``, is the
+        stencil's reach of 2h times an *assumed* sensitivity of at most 5: it keeps the whole
+        stencil on one side of every kink only if no pre-activation z moves faster than
+        5 times the element being nudged, |∂z/∂θ| ≤ 5. Nothing checks that assumption; with
+        larger weights or inputs a correct backward can fail (lesson 01 builds such a case), and
+        then a larger margin or a smaller step is the remedy. A straddled kink corrupts the
+        estimate, so it shows as a failure of a correct backward (a false alarm).
     untouched_rows : int
         For a parameter whose gradient is a :class:`~refimpl.layers.rowsparse.RowSparse` (an
         embedding table), every element of the rows it holds is checked, plus every element
