@@ -8,6 +8,7 @@ parameter gradients.
 
 from refimpl.layers.activations import ACTIVATIONS, get_activation
 from refimpl.layers.base import Layer
+from refimpl.layers.concat import InteractionConcatArch
 from refimpl.layers.crossnet import (
     CrossNet,
     LowRankCrossNet,
@@ -26,7 +27,7 @@ from refimpl.layers.loss import BCEWithLogitsLoss
 from refimpl.layers.mlp import MLP, DenseArch, Linear, OverArch
 from refimpl.layers.projection import InteractionProjectionArch
 from refimpl.layers.rowsparse import RowSparse
-from refimpl.models.dlrm import DLRM, DLRM_DCN, DLRM_Projection
+from refimpl.models.dlrm import DLRM, DLRM_DCN, DLRM_Baseline, DLRM_Projection
 from refimpl.tools.gradcheck import GradCheckResult, draw_away_from_kinks, gradcheck, rel_error
 from refimpl.train import metrics, optim  # refimpl.optim.Adam, refimpl.metrics.auc, …
 
@@ -34,6 +35,7 @@ __all__ = [
     "ACTIVATIONS",
     "DLRM",
     "DLRM_DCN",
+    "DLRM_Baseline",
     "MLP",
     "BCEWithLogitsLoss",
     "CrossNet",
@@ -43,6 +45,7 @@ __all__ = [
     "EmbeddingBagConfig",
     "GradCheckResult",
     "InteractionArch",
+    "InteractionConcatArch",
     "InteractionDCNArch",
     "InteractionProjectionArch",
     "KeyedJaggedArray",

@@ -73,7 +73,7 @@ def test_the_loss_falls_on_a_small_run(tmp_path):
     assert records[-1]["validation"]["ne"] < 0.95  # better than knowing the click rate only
 
 
-@pytest.mark.parametrize("model", ["dlrm", "dcn", "projection"])
+@pytest.mark.parametrize("model", ["dlrm", "dcn", "projection", "baseline"])
 def test_a_step_updates_every_parameter_group_and_returns_the_logits(model):
     data = tiny_data()
     config = tiny_config(model=model, dcn_num_layers=1, dcn_low_rank_dim=2).resolved()
@@ -172,6 +172,29 @@ class Hooked:
                     dense[0, 0] = np.nan
                     batch = batch._replace(dense=dense)
             yield batch
+
+
+class NoClicksInValidation(Hooked):
+    """The validation split with every label 0: its AUC and calibration are undefined."""
+
+    def __init__(self, source):
+        super().__init__(source, epoch_seed=None)
+
+    def batches(self, split, batch_size, shuffle_seed=None, start=0):
+        for batch in self.source.batches(split, batch_size, shuffle_seed, start):
+            yield batch._replace(labels=0 * batch.labels) if split == "validation" else batch
+
+
+def test_history_json_writes_an_undefined_metric_as_null_strict_json(tmp_path):
+    run(tmp_path, source=NoClicksInValidation(tiny_data()))
+
+    def refuse(constant):
+        raise ValueError(f"not JSON: {constant}")
+
+    history = json.loads((tmp_path / "history.json").read_text(), parse_constant=refuse)
+    validation = history["epochs"][-1]["validation"]
+    assert validation["auc"] is None and validation["calibration"] is None
+    assert validation["log_loss"] > 0 and history["test"]["auc"] > 0.5
 
 
 def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):

@@ -142,7 +142,13 @@ def torch_ebc_like(ebc):
 
 def torch_model_like(model):
     """TorchRec's DLRM, DLRM_DCN or DLRM_Projection configured like ``model``, its collection
-    made to keep float64 (:func:`keep_table_dtype`)."""
+    made to keep float64 (:func:`keep_table_dtype`).
+
+    A :class:`~refimpl.models.dlrm.DLRM_Baseline` becomes TorchRec's ``DLRM_DCN`` with
+    ``dcn_num_layers=0``: its ``InteractionDCNArch`` concatenates ``[dense; sparse]`` as the
+    baseline does, and a cross network of no layers returns its input (and has no
+    parameters, so the ``state_dict()`` keys are the baseline's).
+    """
     require_torchrec()
     from torchrec.models import dlrm
 
@@ -161,6 +167,8 @@ def torch_model_like(model):
     elif name == "DLRM_Projection":
         sizes1, sizes2 = model.interaction_branch_layer_sizes
         module = dlrm.DLRM_Projection(*args, list(sizes1), list(sizes2))
+    elif name == "DLRM_Baseline":
+        module = dlrm.DLRM_DCN(*args, dcn_num_layers=0, dcn_low_rank_dim=1)
     else:
         module = dlrm.DLRM(*args)
     keep_table_dtype(ebc)
@@ -270,7 +278,7 @@ def compare_training_with_torch(
 
     Parameters
     ----------
-    model : DLRM, DLRM_DCN or DLRM_Projection, float64
+    model : DLRM, DLRM_DCN, DLRM_Projection or DLRM_Baseline, float64
     batches : sequence of Batch, or of (dense (B, I), KeyedJaggedArray, labels (B,) or (B, 1))
         One step per batch; their keys must name the model's features. Dense features, labels
         and per-id weights are taken in float64.

@@ -1,4 +1,5 @@
-"""``python -m refimpl train``: train DLRM, DLRM_DCN or DLRM_Projection with NumPy alone.
+"""``python -m refimpl train``: train DLRM, DLRM_DCN, DLRM_Projection or the no-interaction
+baseline with NumPy alone.
 
 Exit status: 0 when the run is done (or paused by ``--stop-after``), 2 for bad input (nothing
 is written), 1 when the loss became NaN or inf (the last checkpoint is kept), 130 after Ctrl-C
@@ -48,7 +49,7 @@ def parser() -> argparse.ArgumentParser:
     )
     # Every option defaults to None: "not given", so that --resume can tell what was asked.
     run = p.add_argument_group("the run")
-    run.add_argument("--model", choices=list(MODELS), help="dlrm (default), dcn or projection")
+    run.add_argument("--model", choices=list(MODELS), help="dlrm (default), dcn, projection, or baseline (no interaction)")
     run.add_argument(
         "--data",
         help="synthetic (default), movielens-100k, or criteo:TRAIN[,VALIDATION[,TEST]] "

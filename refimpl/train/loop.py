@@ -58,7 +58,7 @@ from refimpl.data.source import DataSource, check_start, num_batches
 from refimpl.layers.activations import get_activation
 from refimpl.layers.embedding import EmbeddingBagCollection, EmbeddingBagConfig
 from refimpl.layers.loss import BCEWithLogitsLoss
-from refimpl.models.dlrm import DLRM, DLRM_DCN, DLRM_Projection
+from refimpl.models.dlrm import DLRM, DLRM_DCN, DLRM_Baseline, DLRM_Projection
 from refimpl.train import metrics
 from refimpl.train.checkpoint import (
     FILENAME,
@@ -70,7 +70,12 @@ from refimpl.train.checkpoint import (
 )
 from refimpl.train.optim import SGD, Adagrad, Adam, CombinedOptimizer, RowWiseAdagrad
 
-MODELS = {"dlrm": DLRM, "dcn": DLRM_DCN, "projection": DLRM_Projection}
+MODELS = {
+    "dlrm": DLRM,
+    "dcn": DLRM_DCN,
+    "projection": DLRM_Projection,
+    "baseline": DLRM_Baseline,
+}
 DENSE_OPTIMIZERS = {"sgd": SGD, "adagrad": Adagrad, "adam": Adam}
 EMBEDDING_OPTIMIZERS = {"sgd": SGD, "rowwise-adagrad": RowWiseAdagrad}
 TABLE_PREFIX = "sparse_arch.embedding_bag_collection.embedding_bags."
@@ -94,7 +99,7 @@ def train_step(model, loss_fn, optimizer, batch: Batch) -> StepResult:
 
     Parameters
     ----------
-    model : DLRM, DLRM_DCN or DLRM_Projection
+    model : DLRM, DLRM_DCN, DLRM_Projection or DLRM_Baseline
     loss_fn : BCEWithLogitsLoss
     optimizer : Optimizer or CombinedOptimizer over ``model.params``
     batch : Batch
@@ -133,7 +138,7 @@ def build_optimizer(
 
     Parameters
     ----------
-    model : DLRM, DLRM_DCN or DLRM_Projection
+    model : DLRM, DLRM_DCN, DLRM_Projection or DLRM_Baseline
     dense : {"sgd", "adagrad", "adam"}
         For the dense layers (bottom and top MLPs, interaction), with PyTorch's defaults
         besides the learning rate.
@@ -186,8 +191,8 @@ class TrainConfig:
 
     Attributes
     ----------
-    model : {"dlrm", "dcn", "projection"}
-        DLRM, DLRM_DCN or DLRM_Projection.
+    model : {"dlrm", "dcn", "projection", "baseline"}
+        DLRM, DLRM_DCN, DLRM_Projection or DLRM_Baseline (no interaction).
     data : str
         ``"synthetic"``, ``"movielens-100k"`` or ``"criteo:TRAIN[,VALIDATION[,TEST]]"``
         (Criteo-format TSV files, plain or .gz, one per split).
@@ -474,6 +479,24 @@ def split_metrics(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, fl
     return out
 
 
+def finite_or_null(value):
+    """``value`` with every NaN or infinite float replaced by None (JSON's null), recursively.
+
+    ``json.dumps`` writes NaN as the bare word ``NaN``, which is not JSON: strict parsers
+    (JavaScript's, jq) refuse the whole file. A metric a split cannot define is null instead.
+
+    >>> finite_or_null({"auc": float("nan"), "curve": [1.0, float("inf")], "epoch": 2})
+    {'auc': None, 'curve': [1.0, None], 'epoch': 2}
+    """
+    if isinstance(value, dict):
+        return {k: finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite_or_null(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
 # ------------------------------------------------------------------------------ the loop
 
 
@@ -661,7 +684,8 @@ class Trainer:
     def write_reports(self, plot: bool = True) -> None:
         """``history.json``, ``metrics.csv`` and (if ``plot``) ``curves.png`` so far."""
         history = {"config": dataclasses.asdict(self.config), **dataclasses.asdict(self.history)}
-        atomic_write_text(self.out_dir / "history.json", json.dumps(history, indent=1) + "\n")
+        text = json.dumps(finite_or_null(history), indent=1, allow_nan=False)
+        atomic_write_text(self.out_dir / "history.json", text + "\n")
         text = io.StringIO()
         columns = ["epoch", "step", "samples", "train_loss"]
         columns += [f"validation_{m}" for m in METRICS] + ["seconds", "samples_per_second"]
