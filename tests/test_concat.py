@@ -38,7 +38,7 @@ def test_bad_inputs_name_what_was_expected():
         arch.forward(np.zeros((3, 4)), np.zeros((3, 3, 4)))
     with pytest.raises(TypeError, match="float32 or float64"):
         arch.forward(np.zeros((3, 4), int), np.zeros((3, 2, 4)))
-    out, cache = arch.forward(np.zeros((3, 4)), np.zeros((3, 2, 4)))
+    _, cache = arch.forward(np.zeros((3, 4)), np.zeros((3, 2, 4)))
     with pytest.raises(ValueError, match=r"d_out: expected shape \(B, N\) = \(3, 12\)"):
         arch.backward(np.zeros((3, 11)), cache)
     with pytest.raises(ValueError, match="num_sparse_features"):

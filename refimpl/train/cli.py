@@ -49,7 +49,11 @@ def parser() -> argparse.ArgumentParser:
     )
     # Every option defaults to None: "not given", so that --resume can tell what was asked.
     run = p.add_argument_group("the run")
-    run.add_argument("--model", choices=list(MODELS), help="dlrm (default), dcn, projection, or baseline (no interaction)")
+    run.add_argument(
+        "--model",
+        choices=list(MODELS),
+        help="dlrm (default), dcn, projection, or baseline (no interaction)",
+    )
     run.add_argument(
         "--data",
         help="synthetic (default), movielens-100k, or criteo:TRAIN[,VALIDATION[,TEST]] "
