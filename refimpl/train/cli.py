@@ -134,6 +134,12 @@ def parser() -> argparse.ArgumentParser:
     data.add_argument(
         "--criteo-rows", type=int, help="rows per table, ids hashed modulo (default 100000)"
     )
+    data.add_argument(
+        "--criteo-holdout", type=int, metavar="LINES",
+        help="with criteo:TRAIN alone: validation and test are TRAIN's last LINES lines "
+        "(the first half validation), training the lines before them (Kaggle's train.txt is "
+        "in time order; facebookresearch/dlrm holds out its last 6548659 lines)",
+    )  # fmt: skip
     return p
 
 

@@ -215,6 +215,10 @@ class TrainConfig:
         validation split and of the test split (each), the planted model's seed.
     criteo_rows : int
         ``"criteo:…"``: the rows of each of the 26 tables (ids are hashed modulo this).
+    criteo_holdout : int
+        ``"criteo:TRAIN"`` with one file: validation and test are its last this many lines
+        (validation the first ⌈half⌉), training the lines before; 0 or None: no hold-out
+        (:class:`refimpl.data.criteo.CriteoTSV` says why the last lines and not a hash).
     """
 
     model: str = "dlrm"
@@ -241,6 +245,7 @@ class TrainConfig:
     synthetic_eval: int | None = None
     data_seed: int = 0
     criteo_rows: int | None = None
+    criteo_holdout: int | None = None
 
     def resolved(self) -> TrainConfig:
         """A copy with every None replaced by the data set's default, and checked."""
@@ -296,6 +301,8 @@ class TrainConfig:
         ):
             if getattr(self, name) is not None:
                 _positive(name, getattr(self, name))
+        if self.criteo_holdout is not None:
+            _positive("criteo_holdout", self.criteo_holdout, minimum=0)
 
 
 def _positive(name: str, value, minimum: int = 1) -> int:
@@ -396,8 +403,14 @@ def build_source(config: TrainConfig, data_dir: str | os.PathLike | None = None)
     for path in paths:
         if not path.is_file():
             raise FileNotFoundError(f"data: no Criteo file {path}")
+    holdout = config.criteo_holdout or 0
+    if holdout and len(paths) > 1:
+        raise ValueError(
+            f"criteo_holdout: holds out lines of a single file; {config.data} names "
+            f"{len(paths)}, so validation and test come from those files already"
+        )
     splits = dict(zip(("train", "validation", "test"), paths, strict=False))
-    return CriteoTSV(splits, config.criteo_rows, dtype=config.dtype)
+    return CriteoTSV(splits, config.criteo_rows, holdout=holdout, dtype=config.dtype)
 
 
 def build_model(config: TrainConfig, source: DataSource):
