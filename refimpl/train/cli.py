@@ -81,6 +81,12 @@ def parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     run.add_argument("--data-dir", help="the data cache for movielens-100k ($REFIMPL_DATA)")
     run.add_argument(
+        "--torchrec-check", action="store_true",
+        help="after the run, train TorchRec's model on the same batches from the same initial "
+        "weights with torch.optim/torchrec.optim, and compare the metrics of every epoch and "
+        "the final parameters (needs the parity extra; writes torchrec_check.json)",
+    )  # fmt: skip
+    run.add_argument(
         "--threads", type=int,
         help="threads for NumPy's BLAS and refimpl's stacked products (default: NumPy's). "
         "Small models train faster on 1 thread, much faster on a busy machine",
@@ -155,6 +161,13 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--stop-after: expected an integer >= 1, got {args.stop_after}")
         if args.threads is not None:
             set_threads(args.threads)
+        if args.torchrec_check:
+            from refimpl.tools.parity import ParityUnavailable, require_torchrec
+
+            try:
+                require_torchrec()
+            except ParityUnavailable as error:
+                raise ValueError(f"--torchrec-check: {error}") from None
         if args.checkpoint_every < 0:
             raise ValueError(
                 f"--checkpoint-every: expected an integer >= 0, got {args.checkpoint_every}"
@@ -192,7 +205,47 @@ def main(argv: list[str] | None = None) -> int:
     except NonFiniteLossError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    return 130 if result.status == "interrupted" else 0
+    if result.status == "interrupted":
+        return 130
+    if args.torchrec_check and result.status == "done":
+        return torchrec_check(trainer, args.threads)
+    return 0
+
+
+def torchrec_check(trainer: Trainer, threads: int | None) -> int:
+    """Replay the finished run in TorchRec, print the comparison, write torchrec_check.json;
+    status 0 when both agree within the dtype's tolerance, else 1."""
+    import json
+
+    from refimpl.tools.parity import replay_run_in_torchrec
+    from refimpl.train.checkpoint import atomic_write_text
+    from refimpl.train.loop import METRICS, finite_or_null
+
+    report = replay_run_in_torchrec(
+        trainer.out_dir, source=trainer.source, log=print, threads=threads
+    )
+    c = trainer.config
+    print(
+        f"TorchRec replay: {report['steps']:,} steps on the same batches from the same initial "
+        f"weights ({c.dtype}; dense torch.optim.{c.dense_optimizer}, embeddings "
+        f"{c.embedding_optimizer}); {report['samples'] / report['torchrec_seconds']:,.0f} "
+        "samples/s"
+    )
+    print(f"{'test':<14}{'refimpl':>14}{'TorchRec':>14}{'difference':>12}")
+    ours, theirs = report["test"]["refimpl"], report["test"]["torchrec"]
+    for name in METRICS:
+        gap = ours[name] - theirs[name]
+        print(f"  {name:<12}{ours[name]:>14.8f}{theirs[name]:>14.8f}{gap:>12.1e}")
+    key = max(report["parameters"], key=report["parameters"].get)
+    print(
+        f"largest metric difference over every epoch and the test split "
+        f"{report['worst_metric']:.1e}; largest parameter difference "
+        f"{report['worst_parameter']:.1e} relative ({key}); tolerance {report['tolerance']:.0e}: "
+        + ("they agree" if report["agree"] else "THEY DISAGREE")
+    )
+    text = json.dumps(finite_or_null(report), indent=1, allow_nan=False)
+    atomic_write_text(trainer.out_dir / "torchrec_check.json", text + "\n")
+    return 0 if report["agree"] else 1
 
 
 def set_threads(threads: int) -> None:
