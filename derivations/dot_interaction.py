@@ -8,7 +8,9 @@ SymPy, differentiates ``L = Σ G ⊙ Y`` for a symbolic upstream gradient ``G = 
 
 (a) the seed's element formula for ``∂L/∂d_{i,j}`` is the derivative;
 (b) the seed's blocks A, B, C, D for ``∂L/∂S`` are the derivative;
-(c) refimpl's closed form ``dC = (G + Gᵀ) C`` is the derivative, for every pair option;
+(c) refimpl's backward, :func:`refimpl.layers.dot.dot_interaction_backward` run on these
+    symbols (``dC = (G + Gᵀ) C``), is the derivative, for every pair option (through
+    :class:`derivations.proof.Proof`: nothing here re-implements it);
 (d) the seed's ∂L/∂D matrix line, as written, is the derivative *plus the bmm term again*
     (its expanded matrix and its ``[g₄ g₅]·S`` product are one term written twice);
 (e) the block form that completes the seed's unfinished "整理得：" for ∂L/∂S,
@@ -27,15 +29,15 @@ s_{0,0,0}*s_{0,1,0} + s_{0,0,1}*s_{0,1,1} + s_{0,0,2}*s_{0,1,2} + s_{0,0,3}*s_{0
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from functools import lru_cache
 from typing import NamedTuple
 
 import numpy as np
 import sympy as sp
 
+from derivations.proof import Proof, mutated
+from refimpl.layers import dot
 from refimpl.layers.dot import InteractionArch, pair_indices
-from refimpl.tools.gradcheck import rel_error
 
 SEED_BATCH, SEED_FEATURES, SEED_DIM = 2, 2, 4  # the seed's B, F ("sparse_feature_size"), D
 
@@ -249,38 +251,42 @@ def pair_gradient_matrices(fwd: Forward) -> tuple[Matrix, ...]:
     return tuple(out)
 
 
-def closed_form_gradients(
+def _arrays(fwd: Forward) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The seed's symbols as refimpl's arrays: dense (B, D), sparse (B, F, D), G (B, D + P)."""
+    dense = np.array(fwd.dense.tolist(), dtype=object).reshape(fwd.dense.shape)
+    batch, dim = dense.shape
+    num_features = fwd.combined[0].shape[0] - 1
+    sparse = np.array([s.tolist() for s in fwd.sparse], dtype=object)
+    sparse = sparse.reshape(batch, num_features, dim)
+    upstream = np.array(fwd.upstream.tolist(), dtype=object).reshape(fwd.upstream.shape)
+    return dense, sparse, upstream
+
+
+def refimpl_gradients(
     self_interaction: bool = False,
     pair_order: str = "triu",
     batch: int = SEED_BATCH,
     num_features: int = SEED_FEATURES,
     dim: int = SEED_DIM,
-    *,
-    rule: Callable[[Matrix], Matrix] | None = None,
 ) -> Gradients:
-    """refimpl's backward in symbols: ``dC_b = (G_b + G_bᵀ) C_b``, then split dC.
+    """refimpl's textbook backward run on the seed's symbols: what it returns for ``G``.
 
-    ``d_dense = G[:, :D] + dC[:, 0]`` (the passthrough plus row 0 of dC),
-    ``d_sparse = dC[:, 1:]``.
+    :func:`refimpl.layers.dot.dot_interaction` then
+    :func:`~refimpl.layers.dot.dot_interaction_backward` (``dC = (G + Gᵀ) C``, then the
+    passthrough added to row 0) on object arrays of the symbols ``d``, ``s`` and ``g``.
 
-    Parameters
-    ----------
-    rule : callable, optional
-        Maps ``G_b`` to the matrix that multiplies ``C_b``; default ``G_b + G_bᵀ``. Pass a
-        wrong rule (e.g. ``lambda g: g``) to see the proofs reject it.
-
-    Returns
-    -------
-    Gradients
+    >>> refimpl_gradients().dense[0, 0]
+    g_{0,0} + g_{0,4}*s_{0,0,0} + g_{0,5}*s_{0,1,0}
     """
     fwd = forward(self_interaction, pair_order, batch, num_features, dim)
-    rule = rule or (lambda g: g + g.T)
-    d_combined = [
-        rule(g) * c for g, c in zip(pair_gradient_matrices(fwd), fwd.combined, strict=True)
-    ]
-    d_dense = Matrix(batch, dim, lambda b, j: fwd.upstream[b, j] + d_combined[b][0, j])  # (B, D)
-    d_sparse = tuple(Matrix(dc[1:, :]) for dc in d_combined)  # B × (F, D)
-    return Gradients(d_dense, d_sparse)
+    dense, sparse, upstream = _arrays(fwd)
+    rows, cols = pair_indices(num_features, self_interaction, pair_order)
+    _, combined = dot.dot_interaction(dense, sparse, rows, cols)
+    d_dense, d_sparse = dot.dot_interaction_backward(upstream, combined, rows, cols)
+    return Gradients(
+        Matrix(d_dense.tolist()).applyfunc(sp.expand),
+        tuple(Matrix(m.tolist()).applyfunc(sp.expand) for m in d_sparse),
+    )
 
 
 class BlockForm(NamedTuple):
@@ -520,6 +526,51 @@ def _options_label(self_interaction, pair_order, batch, num_features, dim) -> st
     return f"B={batch} F={num_features} D={dim} {pair_order}{diag}"
 
 
+MUTANTS = {
+    "transpose missing": (
+        dot.dot_interaction_backward,
+        "(d_gram + d_gram.transpose(0, 2, 1)) @ combined",
+        "d_gram @ combined",
+    ),
+    "passthrough dropped": (
+        dot.dot_interaction_backward,
+        "d_dense = d_out[:, :dim] + d_combined[:, 0]",
+        "d_dense = d_combined[:, 0]",
+    ),
+    "the seed's doubled term": (
+        dot.dot_interaction_backward,
+        "d_dense = d_out[:, :dim] + d_combined[:, 0]",
+        "d_dense = d_out[:, :dim] + 2 * d_combined[:, 0]",
+    ),
+}
+
+
+def _proof(
+    self_interaction, pair_order, batch, num_features, dim, *, at_point=False, seed=0
+) -> Proof:
+    if num_features < 1:
+        raise ValueError(
+            "num_features: expected F >= 1; with F = 0 the layer returns dense itself, as "
+            "TorchRec does, and never calls the textbook functions"
+        )
+    fwd = forward(self_interaction, pair_order, batch, num_features, dim)
+    dense, sparse, _ = _arrays(fwd)
+    rows, cols = pair_indices(num_features, self_interaction, pair_order)
+
+    def run_forward(values):
+        out, combined = dot.dot_interaction(values["dense"], values["sparse"], rows, cols)
+        return out, combined
+
+    def run_backward(values, d_out, combined):
+        d_dense, d_sparse = dot.dot_interaction_backward(d_out, combined, rows, cols)
+        return {"dense": d_dense, "sparse": d_sparse}
+
+    options = _options_label(self_interaction, pair_order, batch, num_features, dim)
+    name = f"(c) refimpl's dC = (G + Gᵀ) C, {options}"
+    leaves = {"dense": dense, "sparse": sparse}
+    return Proof(name, run_forward, run_backward, leaves, at_point=at_point, seed=seed)
+
+
 def prove_closed_form(
     self_interaction: bool = False,
     pair_order: str = "triu",
@@ -527,13 +578,48 @@ def prove_closed_form(
     num_features: int = SEED_FEATURES,
     dim: int = SEED_DIM,
 ) -> str:
-    """(c) ``dC = (G + Gᵀ) C`` (refimpl's backward) equals the symbolic derivative."""
-    sizes = (self_interaction, pair_order, batch, num_features, dim)
-    return prove_equal(
-        closed_form_gradients(*sizes),
-        symbolic_gradients(*sizes),
-        f"(c) dC = (G + Gᵀ) C, {_options_label(*sizes)}",
+    """(c) refimpl's backward equals the symbolic derivative, as an identity.
+
+    Runs :func:`refimpl.layers.dot.dot_interaction` and ``dot_interaction_backward`` on the
+    seed's symbols through :class:`derivations.proof.Proof`; also checks that refimpl's forward
+    on them is the seed's forward.
+
+    >>> print(prove_closed_form(num_features=1, dim=2, batch=1))  # doctest: +NORMALIZE_WHITESPACE
+    (c) refimpl's dC = (G + Gᵀ) C, B=1 F=1 D=2 triu: the backward equals the symbolic
+    gradient (identity)
+    """
+    sizes = (bool(self_interaction), pair_order, batch, num_features, dim)
+    proof = _proof(*sizes)
+    seed_output = forward(*sizes).output
+    if any(sp.expand(a - b) != 0 for a, b in zip(proof.output.ravel(), seed_output, strict=True)):
+        raise AssertionError("not proven: refimpl's forward on the seed's symbols is the seed's")
+    return proof.statement()
+
+
+def gap(
+    mutant: str | None = None, self_interaction: bool = False, pair_order: str = "triu", **sizes
+) -> str | None:
+    """Where refimpl's backward — or its ``mutant`` (a name in :data:`MUTANTS`) — differs from
+    the symbolic derivative (e.g. ``"sparse[0, 0, 0]"``), None where it does not; sizes as
+    :func:`forward` (the seed's by default).
+
+    >>> gap("transpose missing")
+    'sparse[0, 0, 0]'
+    """
+    config = {"batch": SEED_BATCH, "num_features": SEED_FEATURES, "dim": SEED_DIM, **sizes}
+    args = (
+        bool(self_interaction),
+        pair_order,
+        config["batch"],
+        config["num_features"],
+        config["dim"],
     )
+    if mutant is None:
+        return _proof(*args).gap
+    if mutant not in MUTANTS:
+        raise ValueError(f"mutant: expected one of {sorted(MUTANTS)}, got {mutant!r}")
+    with mutated(*MUTANTS[mutant]):
+        return _proof(*args).gap
 
 
 def prove_completed_formula(
@@ -581,15 +667,26 @@ def argument_symbols(fwd: Forward) -> list[sp.Symbol]:
     return _entries((fwd.dense, fwd.sparse, fwd.upstream))
 
 
+def witness_errors(
+    self_interaction: bool = False,
+    pair_order: str = "triu",
+    seed: int = 0,
+    *,
+    batch: int = SEED_BATCH,
+    num_features: int = SEED_FEATURES,
+    dim: int = SEED_DIM,
+) -> dict[str, float]:
+    """Prove (c) exactly at a random rational point, then run :class:`refimpl.InteractionArch`
+    (its fast path) in float64 there: ``"output"``, ``"dense"``, ``"sparse"`` -> worst
+    relative error against SymPy's values."""
+    sizes = (bool(self_interaction), pair_order, batch, num_features, dim)
+    proof = _proof(*sizes, at_point=True, seed=seed)
+    proof.statement()
+    arch = InteractionArch(num_features, self_interaction=self_interaction, pair_order=pair_order)
+    return proof.float_errors(arch, arch.input_names)
+
+
 @lru_cache(maxsize=32)
-def _lambdified(self_interaction, pair_order, batch, num_features, dim):
-    fwd = _forward(self_interaction, pair_order, batch, num_features, dim)
-    grads = _symbolic_gradients(self_interaction, pair_order, batch, num_features, dim)
-    args = argument_symbols(fwd)
-    exprs = [_entries(fwd.output), _entries(grads.dense), _entries(grads.sparse)]
-    return sp.lambdify(args, exprs, "numpy")
-
-
 def symbolic_witness(
     self_interaction: bool = False,
     pair_order: str = "triu",
@@ -599,41 +696,13 @@ def symbolic_witness(
     num_features: int = SEED_FEATURES,
     dim: int = SEED_DIM,
 ) -> float:
-    """Prove (c) exactly, then measure refimpl against the lambdified symbolic gradient.
-
-    Builds the symbolic forward for these options (cached), proves ``dC = (G + Gᵀ) C``
-    exactly (AssertionError if not), evaluates the symbolic output and gradients on random
-    float64 numbers from ``np.random.default_rng(seed)``, and runs
-    :class:`refimpl.InteractionArch` forward and backward on the same numbers.
-
-    Returns
-    -------
-    float
-        The worst :func:`refimpl.tools.gradcheck.rel_error` of refimpl's output, ``d_dense`` and
-        ``d_sparse`` against the symbolic values (float64 round-off, ~1e-16).
+    """What ``python -m refimpl check`` runs: :func:`witness_errors`' worst error (cached).
 
     >>> symbolic_witness() < 1e-12
     True
     """
-    self_interaction = bool(self_interaction)
-    sizes = (self_interaction, pair_order, batch, num_features, dim)
-    prove_closed_form(*sizes)
-    fwd = _forward(*sizes)
-    rng = np.random.default_rng(seed)
-    dense = rng.standard_normal((batch, dim))  # (B, D)
-    sparse = rng.standard_normal((batch, num_features, dim))  # (B, F, D)
-    upstream = rng.standard_normal(fwd.upstream.shape)  # (B, D + P)
-    values = [*dense.ravel(), *sparse.ravel(), *upstream.ravel()]
-    out_sym, d_dense_sym, d_sparse_sym = _lambdified(*sizes)(*values)
-
-    arch = InteractionArch(num_features, self_interaction=self_interaction, pair_order=pair_order)
-    out, cache = arch.forward(dense, sparse)
-    d_dense, d_sparse, _ = arch.backward(upstream, cache)
-    return max(
-        rel_error(out, np.reshape(out_sym, out.shape)),
-        rel_error(d_dense, np.reshape(d_dense_sym, d_dense.shape)),
-        rel_error(d_sparse, np.reshape(d_sparse_sym, d_sparse.shape)),
-    )
+    sizes = {"batch": batch, "num_features": num_features, "dim": dim}
+    return max(witness_errors(self_interaction, pair_order, seed, **sizes).values())
 
 
 def latex_seed_layout(blocks) -> str:

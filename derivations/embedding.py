@@ -19,6 +19,7 @@ from functools import cache
 import numpy as np
 import sympy as sp
 
+from derivations.proof import symbols
 from refimpl.layers.embedding import embedding_bag_backward, embedding_bag_forward
 from refimpl.tools.gradcheck import rel_error
 
@@ -27,21 +28,13 @@ IDS = np.array([2, 0, 2, 1, 2])  # bag 0: [2, 0, 2] (2 twice); bag 1: []; bag 2:
 LENGTHS = np.array([3, 0, 2])  # B = 3; rows 3 and 4 are never named
 
 
-def symbol_array(letter: str, shape) -> np.ndarray:
-    """An object array of SymPy symbols ``letter_{i,j}`` (``letter_{i}`` for 1-D)."""
-    out = np.empty(shape, dtype=object)
-    for index in np.ndindex(*shape):
-        out[index] = sp.Symbol(f"{letter}_{{{','.join(str(i) for i in index)}}}")
-    return out
-
-
 class BagProof:
     """The symbolic forward, the loss, and refimpl's backward, for one pooling and weighting."""
 
     def __init__(self, pooling: str = "sum", weighted: bool = False):
-        self.table = symbol_array("e", (NUM_ROWS, DIM))  # E
-        self.weights = symbol_array("w", (len(IDS),)) if weighted else None
-        self.upstream = symbol_array("g", (len(LENGTHS), DIM))  # G
+        self.table = symbols("e", (NUM_ROWS, DIM))  # E
+        self.weights = symbols("w", (len(IDS),)) if weighted else None
+        self.upstream = symbols("g", (len(LENGTHS), DIM))  # G
         self.pooled, cache_ = embedding_bag_forward(self.table, IDS, LENGTHS, self.weights, pooling)
         self.loss = sp.expand(sum(self.upstream.ravel() * self.pooled.ravel()))  # L = Σ G ⊙ P
         d_table, self.d_weights = embedding_bag_backward(self.upstream, cache_, NUM_ROWS)

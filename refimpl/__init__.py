@@ -23,10 +23,18 @@ from refimpl.layers.embedding import (
     KeyedJaggedArray,
     SparseArch,
 )
+from refimpl.layers.fm import DeepFM, FactorizationMachine, FMInteractionArch
 from refimpl.layers.loss import BCEWithLogitsLoss
 from refimpl.layers.mlp import MLP, DenseArch, Linear, OverArch
 from refimpl.layers.projection import InteractionProjectionArch
 from refimpl.layers.rowsparse import RowSparse
+from refimpl.layers.sequential import ReLU, Sequential
+from refimpl.layers.transformer import (
+    InteractionTransformerArch,
+    LayerNorm,
+    MultiheadAttention,
+    TransformerEncoderLayer,
+)
 from refimpl.models.dlrm import DLRM, DLRM_DCN, DLRM_Baseline, DLRM_Projection
 from refimpl.tools.gradcheck import GradCheckResult, draw_away_from_kinks, gradcheck, rel_error
 from refimpl.train import metrics, optim  # refimpl.optim.Adam, refimpl.metrics.auc, …
@@ -40,22 +48,31 @@ __all__ = [
     "CrossNet",
     "DLRM_Baseline",
     "DLRM_Projection",
+    "DeepFM",
     "DenseArch",
     "EmbeddingBagCollection",
     "EmbeddingBagConfig",
+    "FMInteractionArch",
+    "FactorizationMachine",
     "GradCheckResult",
     "InteractionArch",
     "InteractionConcatArch",
     "InteractionDCNArch",
     "InteractionProjectionArch",
+    "InteractionTransformerArch",
     "KeyedJaggedArray",
     "Layer",
+    "LayerNorm",
     "Linear",
     "LowRankCrossNet",
     "LowRankMixtureCrossNet",
+    "MultiheadAttention",
     "OverArch",
+    "ReLU",
     "RowSparse",
+    "Sequential",
     "SparseArch",
+    "TransformerEncoderLayer",
     "VectorCrossNet",
     "draw_away_from_kinks",
     "get_activation",

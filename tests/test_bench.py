@@ -1,12 +1,15 @@
-"""``python -m refimpl bench``: the quick run as a smoke test of the table's structure.
+"""``python -m refimpl bench``: the harness's parts, and the quick run as a smoke test.
 
-Nothing here asserts a time: the machine is shared, so only the shape of the report is checked
-(columns, one row per layer and dtype, numbers positive and finite where a layer exists).
+Nothing here asserts a time: the machine is shared. What is checked is what the numbers rest
+on: every case builds and hands its data over, workers are stopped while another is timed,
+rounds alternate, medians, spreads and ratios are computed as the report says, targets are
+judged from them, and the whole pipeline writes its table, Markdown and chart.
 """
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -14,112 +17,214 @@ import pytest
 
 import refimpl
 from refimpl.__main__ import main as refimpl_main
-from refimpl.tools import bench
+from refimpl.tools.bench import cases as bench_cases
+from refimpl.tools.bench import main as bench_main
+from refimpl.tools.bench.caches import cache_bytes, describe_cache
+from refimpl.tools.bench.cases import QUICK, Sizes, Target, select_cases
+from refimpl.tools.bench.harness import Schedule, WorkerProcess, run_rounds
+from refimpl.tools.bench.report import (
+    COLUMNS,
+    README_COLUMNS,
+    BenchReport,
+    Result,
+    Timing,
+    format_targets,
+)
+from refimpl.tools.bench.worker import RefimplContender, read_case_file
 from refimpl.tools.flops import FlopCount
 
-NUMERIC = ("fwd ms", "fwd+bwd ms", "GFLOP/s", "% peak", "cache B/sample")
-TORCH = ("TorchRec fwd ms", "TorchRec fwd+bwd ms", "ratio")
+# ----------------------------------------------------------------------------- the cases
 
 
-def _number(cell: str) -> float:
-    return float(cell.rstrip("%").replace(",", ""))
+def test_every_case_builds_at_quick_sizes_with_a_unique_label():
+    labels = [c.label(QUICK) for c in select_cases(None)]
+    assert len(labels) == len(set(labels))
+    for case in select_cases(None):
+        layer, inputs = case.build(QUICK, np.float32, np.random.default_rng(0))
+        out = layer(*inputs)
+        assert out.shape[0] == QUICK.batch and out.dtype == np.float32, case.label(QUICK)
+        if case.flops is not None:
+            assert case.flops(layer, *inputs).total > 0
+        assert bench_cases.find_case(case.label(QUICK), QUICK).label(QUICK) == case.label(QUICK)
 
 
-def _markdown_rows(path) -> list[dict[str, str]]:
-    lines = [line for line in path.read_text().splitlines() if line.startswith("| ")]
-    header_at = next(i for i, line in enumerate(lines) if line.startswith("| layer |"))
-    header = [c.strip() for c in lines[header_at].strip("|").split(" | ")]
-    rows = []
-    for line in lines[header_at + 1 :]:
-        cells = [c.strip() for c in line.strip("|").split(" | ")]
-        assert len(cells) == len(header), line
-        rows.append(dict(zip(header, cells, strict=True)))
-    return header, rows
+def test_sizes_survive_the_trip_to_a_worker():
+    assert Sizes.from_json(QUICK.to_json()) == QUICK
+    assert Sizes.from_json(bench_cases.PRODUCTION.to_json()) == bench_cases.PRODUCTION
 
 
-def _available(name: str) -> bool:
-    return hasattr(refimpl, name)
+def test_layer_selection():
+    assert {c.name for c in select_cases(["crossnet"])} == {"CrossNet"}
+    assert len(select_cases(["InteractionProjectionArch"])) == 3
+    with pytest.raises(SystemExit, match="unknown layer"):
+        select_cases(["Transformer"])
 
 
-def test_quick_bench_without_torch(tmp_path, capsys):
-    markdown, chart = tmp_path / "bench.md", tmp_path / "bench.png"
-    argv = ["bench", "--quick", "--no-torch", "--markdown", str(markdown), "--chart", str(chart)]
-    assert refimpl_main(argv) == 0
-    out = capsys.readouterr().out
-    for column in bench.COLUMNS:
-        assert column in out.splitlines()[3]  # the text table's header line
-    assert "NumPy matmul peak" in out and "Cache contents" in out
-
-    header, rows = _markdown_rows(markdown)
-    assert tuple(header) == bench.COLUMNS
-    cases = bench.select_cases(None)
-    assert len(rows) == 2 * len(cases)  # every case, float32 then float64
-    expected = [(c.name, c.config(bench.QUICK), d) for d in ("float32", "float64") for c in cases]
-    assert [(r["layer"], r["configuration"], r["dtype"]) for r in rows] == expected
-    for row in rows:
-        if not _available(row["layer"]):
-            assert row["fwd ms"] == "not available yet"
-            continue
-        for column in NUMERIC:
-            value = _number(row[column])
-            assert math.isfinite(value) and value > 0, (row["layer"], column, row[column])
-        assert _number(row["fwd ms"]) <= _number(row["fwd+bwd ms"])
-        assert all(row[c] == "-" for c in TORCH)  # --no-torch
-        target = row["target"]
-        if target != "-":
-            assert target.endswith(("TorchRec", "peak"))
-            assert row["met"].startswith(("yes", "NO", "n/a"))
-    assert chart.stat().st_size > 10_000  # a PNG with bars in it
-    assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+def test_matmul_bound_rows_are_judged_against_the_peak():
+    kinds = {c.label(QUICK): c.target and c.target.kind for c in select_cases(None)}
+    for name in ("CrossNet", "LowRankCrossNet", "InteractionDCNArch", "MLP", "DenseArch"):
+        assert all(k == "peak" for label, k in kinds.items() if label.startswith(name + " "))
+    for name in ("InteractionArch", "VectorCrossNet", "LowRankMixtureCrossNet"):
+        assert all(k == "ratio" for label, k in kinds.items() if label.startswith(name + " "))
 
 
-@pytest.mark.parity
-def test_quick_bench_with_torchrec(tmp_path):
-    pytest.importorskip("torch")
-    pytest.importorskip("torchrec")
-    markdown = tmp_path / "bench.md"
-    argv = ["--quick", "--layer", "InteractionArch", "--dtype", "float32"]
-    assert bench.main([*argv, "--markdown", str(markdown)]) == 0
-    _, rows = _markdown_rows(markdown)
-    assert len(rows) == 1
-    for column in (*NUMERIC, *TORCH):
-        value = _number(rows[0][column])
-        assert math.isfinite(value) and value > 0, (column, rows[0][column])
-    ratio = _number(rows[0]["fwd+bwd ms"]) / _number(rows[0]["TorchRec fwd+bwd ms"])
-    assert ratio == pytest.approx(_number(rows[0]["ratio"]), rel=0.05, abs=0.01)
-    assert rows[0]["met"].startswith(("yes", "NO"))
-    assert "torch threads" in markdown.read_text()
+# ----------------------------------------------------------------------------- the worker
 
 
-def test_machine_report(capsys):
-    assert refimpl_main(["bench", "--machine"]) == 0
-    out = capsys.readouterr().out
-    for key in ("CPU", "cores", "NumPy", "BLAS", "BLAS threads", "OPENBLAS_CORETYPE", "torch"):
-        assert any(line.startswith(key) for line in out.splitlines()), key
-    assert np.__version__ in out
-    info = bench.machine_info()
-    assert info["NumPy"] == np.__version__ and info["CPU"]
+def test_refimpl_prepares_the_file_every_contender_loads(tmp_path):
+    case = select_cases(["VectorCrossNet"])[0]
+    contender = RefimplContender()
+    data = tmp_path / "case.npz"
+    request = {"case": case.label(QUICK), "sizes": QUICK.to_json(), "dtype": "float64"}
+    reply = contender.handle({"op": "prepare", "data": str(data), **request})
+    assert reply["ok"] and reply["flops"][0] > 0 and reply["cache_bytes"] > 0
+    params, inputs, d_out = read_case_file(str(data))
+    layer, _ = case.build(QUICK, np.float64, np.random.default_rng(0))
+    assert list(params) == list(layer.params)
+    assert [x.shape for x in inputs] == [(QUICK.batch, QUICK.n)] and d_out.shape == inputs[0].shape
+    run = {"op": "run", "warmup": 1, "repeats": 3, "min_seconds": 0}
+    times = contender.handle(run)["times"]
+    assert len(times) == 3 and all(0 < f <= t for f, t in times)
+    assert contender.handle({"op": "drop"}) == {"ok": True} and contender.run is None
+    # A failing step is reported, not raised: the harness goes on with the next row.
+    assert contender.handle(run)["ok"] is False
 
 
-def _result(**kwargs):
+def test_a_layer_that_does_not_exist_yet_is_reported_not_crashed(tmp_path, monkeypatch):
+    def missing(sizes, dtype, rng):
+        return bench_cases.layer_class("NoSuchLayer")(), ()
+
+    case = bench_cases.Case("NoSuchLayer", lambda s: "x", missing, None)
+    monkeypatch.setattr(bench_cases, "cases", lambda: [case])
+    reply = RefimplContender().handle(
+        {
+            "op": "prepare",
+            "data": str(tmp_path / "c.npz"),
+            "case": "NoSuchLayer x",
+            "sizes": QUICK.to_json(),
+            "dtype": "float32",
+        }
+    )
+    assert reply["status"] == "not available yet" and "NoSuchLayer" in reply["note"]
+
+
+def _state(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_a_worker_is_stopped_except_while_it_answers(tmp_path):
+    worker = WorkerProcess("NumPy GEMM", threads=1, log_dir=tmp_path)
+    try:
+        assert _state(worker.proc.pid) == "T"  # stopped after starting up
+        rng = np.random.default_rng(0)
+        np.savez(tmp_path / "g.npz", a=rng.standard_normal((8, 8)), b=rng.standard_normal((8, 8)))
+        assert worker.request("load", data=str(tmp_path / "g.npz"))["ok"]
+        assert _state(worker.proc.pid) == "T"
+        reply = worker.request("run", warmup=1, repeats=2, min_seconds=0)
+        assert reply["ok"] and len(reply["times"]) == 2 and _state(worker.proc.pid) == "T"
+        assert worker.hello["threads"]["NumPy BLAS threads"] in ("1", "?")
+    finally:
+        worker.close()
+    assert worker.proc.returncode == 0
+
+
+def test_a_worker_that_dies_answers_with_an_error(tmp_path):
+    worker = WorkerProcess("NumPy GEMM", threads=1, log_dir=tmp_path)
+    try:
+        worker.proc.kill()
+        worker.proc.wait()
+        reply = worker.request("run", warmup=0, repeats=1, min_seconds=0)
+        assert reply["ok"] is False and "stopped answering" in reply["status"]
+        assert worker.alive is False
+        assert worker.request("drop")["ok"] is False  # and keeps doing so
+    finally:
+        worker.close()
+
+
+class _Recorder:
+    """A stand-in worker that records the order it is asked to run in."""
+
+    def __init__(self, name, log, seconds):
+        self.name, self.log, self.seconds = name, log, seconds
+
+    def request(self, op, **fields):
+        self.log.append(self.name)
+        return {"ok": True, "times": [(s / 2, s) for s in self.seconds.pop(0)]}
+
+
+def test_rounds_alternate_the_order_and_keep_every_round():
+    log = []
+    workers = {
+        "A": _Recorder("A", log, [[1, 2, 9], [4, 4, 4], [3, 3, 3]]),
+        "B": _Recorder("B", log, [[2, 2, 2], [4, 4, 4], [5, 6, 7]]),
+    }
+    timings, errors = run_rounds(workers, Schedule(rounds=3, warmup=1, repeats=3))
+    assert log == ["A", "B", "B", "A", "A", "B"] and errors == {}
+    assert timings["A"].rounds == [(1.0, 2.0), (2.0, 4.0), (1.5, 3.0)]
+    assert (timings["A"].total, timings["A"].low, timings["A"].high) == (3.0, 2.0, 4.0)
+    assert timings["B"].total == 4.0
+
+
+# ----------------------------------------------------------------------------- the report
+
+
+def _result(**kwargs) -> Result:
     defaults = {"layer": "L", "config": "c", "dtype": "float32"}
-    return bench.Result(**{**defaults, **kwargs})
+    return Result(**{**defaults, **kwargs})
 
 
-def test_targets_are_judged_from_ratio_or_peak():
-    ratio = bench.Target("ratio", 0.5)
-    assert _result(target=ratio, fb_ms=4.0, torch_fb_ms=10.0).met is True
-    assert _result(target=ratio, fb_ms=6.0, torch_fb_ms=10.0).met is False
-    assert _result(target=ratio, fb_ms=6.0).met is None  # no TorchRec: not judged
-    peak = bench.Target("peak", 0.7)
-    assert _result(target=peak, peak_fraction=0.71).met is True
-    assert _result(target=peak, peak_fraction=0.69).met is False
-    assert _result(fb_ms=1.0).met is None  # no target
-    assert str(ratio) == "<= 0.5x TorchRec" and str(peak) == ">= 70% peak"
-    missed = _result(target=ratio, fb_ms=6.0, torch_fb_ms=10.0, flops=FlopCount(1, 2))
-    assert "MISSED" in bench.format_targets([missed]) and "0.60x" in bench.format_targets([missed])
-    cells = missed.cells()
-    assert len(cells) == len(bench.COLUMNS) and cells[-1] == "NO (0.60x)"
+def test_ratio_is_the_ratio_of_medians_with_the_per_round_range():
+    ours = Timing([(0, 4.0), (0, 6.0), (0, 5.0)])
+    theirs = Timing([(0, 10.0), (0, 10.0), (0, 8.0)])
+    r = _result(refimpl=ours, torch=theirs, target=Target("ratio", 0.5))
+    assert r.ratios == pytest.approx((0.5, 0.4, 0.625))
+    assert r.met is True  # judged on the medians
+    assert "the range crosses the target" in format_targets([r])
+    assert r.cells()["ratio"] == "0.50 (0.40–0.62)"
+    assert r.cells()["fwd+bwd ms"] == "5000 (4000–6000)"
+    assert _result(refimpl=ours, target=Target("ratio", 0.5)).met is None  # no TorchRec
+
+
+def test_peak_uses_the_rows_own_gemm_when_it_was_timed_beside_it():
+    flops = FlopCount(10**9, 10**9)  # 2 GFLOP
+    ours = Timing([(0, 0.02)])  # 100 GFLOP/s
+    gemm = Timing([(0, 2 * 64**3 / 125e9)])  # 125 GFLOP/s
+    r = _result(refimpl=ours, flops=flops, target=Target("peak", 0.7), start_peaks=(200.0, 1.0))
+    assert r.peak_fraction == pytest.approx(0.5) and r.met is False  # the start's 200
+    r.numpy_gemm, r.torch_gemm, r.gemm_size = gemm, gemm, 64
+    assert r.peak_fraction == pytest.approx(0.8) and r.met is True  # its own 125
+    assert r.cells()["GEMM GFLOP/s NumPy / torch"] == "125 / 125"
+    r.torch = Timing([(0, 0.04)])
+    assert r.torch_peak_fraction == pytest.approx(0.4)
+    assert "which runs at 40% of torch's GEMM" in format_targets([r])
+
+
+def test_bandwidth_bound_is_stated_where_a_case_gives_its_traffic():
+    r = _result(refimpl=Timing([(0, 0.004)]), torch=Timing([(0, 0.01)]), target=Target("ratio", 1))
+    r.traffic, r.bandwidth = 20_000_000, 10.0  # 20 MB at 10 GB/s: 2 ms
+    assert r.bound_ms == pytest.approx(2.0)
+    assert "bandwidth bound 2.00 ms (20 MB at 10.0 GB/s), measured 2.0x the bound" in (
+        format_targets([r])
+    )
+
+
+def test_least_traffic_of_the_memory_bound_layers():
+    b, n = QUICK.batch, QUICK.n  # n = (F+1)·D: the two inputs of the dot interaction
+    out = b * (QUICK.dim + QUICK.features * (QUICK.features + 1) // 2)
+    vector, dot = select_cases(["VectorCrossNet"])[0], select_cases(["InteractionArch"])[0]
+    assert vector.traffic(QUICK, 8) == 5 * b * n * 8  # x̂, out; x̂, G, d_x
+    assert dot.traffic(QUICK, 4) == 4 * (3 * b * n + 2 * out)  # in, out; d_out, C, d_in
+
+
+def test_report_has_every_column_and_the_readme_table(tmp_path):
+    ok = _result(refimpl=Timing([(0.001, 0.003)]), torch=Timing([(0.002, 0.004)]))
+    missing = _result(layer="M", status="not available yet")
+    report = BenchReport(QUICK, [ok, missing], {}, {}, {"CPU": "x"}, {"B": "64"})
+    md = report.markdown()
+    assert "| " + " | ".join(COLUMNS) + " |" in md and "## Method" in md
+    assert report.readme_table().splitlines()[0] == "| " + " | ".join(README_COLUMNS) + " |"
+    assert "not available yet" in report.text() and "0.75 (0.75–0.75)" in report.text()
 
 
 class _Cache(NamedTuple):
@@ -133,7 +238,7 @@ def test_cache_description_counts_each_array_once():
     x = np.zeros((4, 3))
     y = np.zeros((2, 4, 5), np.float32)
     cache = _Cache(x, y, y.reshape(8, 5), ({"k": np.ones(4)}, None, y[1]))
-    entries = bench.describe_cache(cache, batch=4, inputs=(x,))
+    entries = describe_cache(cache, batch=4, inputs=(x,))
     assert [(e.name, e.shape, e.note) for e in entries] == [
         ("x", "(B, 3)", "input"),
         ("y", "(2, B, 5)", ""),
@@ -141,7 +246,7 @@ def test_cache_description_counts_each_array_once():
         ("nested[0]['k']", "(B,)", ""),
         ("nested[2]", "(B, 5)", "view of y"),
     ]
-    assert bench.cache_bytes(entries) == x.nbytes + y.nbytes + 32
+    assert cache_bytes(entries) == x.nbytes + y.nbytes + 32
 
 
 def test_caches_hold_what_backward_needs_and_no_more():
@@ -151,7 +256,7 @@ def test_caches_hold_what_backward_needs_and_no_more():
     expected = {
         refimpl.CrossNet(n, num_layers): 2 * num_layers * n,  # x_l, c_l
         refimpl.LowRankCrossNet(n, num_layers, r): num_layers * (2 * n + r),  # x_l, V x_l, c_l
-        refimpl.VectorCrossNet(n, num_layers): num_layers * (n + 1),  # x_l, s_l
+        refimpl.VectorCrossNet(n, num_layers): n + 2 * num_layers,  # x̂ (the input), s_l, x̂·w_l
         # x_l, h_l, h̃_l, m_l, p_l: no pre-activations, no (K, B, N) crosses
         refimpl.LowRankMixtureCrossNet(n, num_layers, k, r): num_layers * (2 * n + 2 * k * r + k),
         refimpl.MLP(n, [6, 5, 4]): n + 6 + 5 + 4,  # each layer's input and the output
@@ -160,39 +265,76 @@ def test_caches_hold_what_backward_needs_and_no_more():
     }
     for layer, count in expected.items():
         _, cache = layer.forward(x)
-        entries = bench.describe_cache(cache, batch, (x,))
-        assert bench.cache_bytes(entries) == 8 * batch * count, type(layer).__name__
+        entries = describe_cache(cache, batch, (x,))
+        assert cache_bytes(entries) == 8 * batch * count, type(layer).__name__
 
 
-def test_a_layer_that_does_not_exist_yet_is_reported_not_crashed():
-    def build(sizes, dtype, rng):
-        return bench._layer("NoSuchLayer")(), ()
-
-    case = bench.Case("NoSuchLayer", lambda s: "x", build, None)
-    result = bench.run_case(case, bench.QUICK, np.float32, 64, 1, 0, use_torch=False)
-    assert result.status == "not available yet"
-    assert result.cells()[3] == "not available yet" and result.met is None
+def test_machine_report(capsys):
+    assert refimpl_main(["bench", "--machine"]) == 0
+    out = capsys.readouterr().out
+    for key in ("CPU", "cores", "NumPy", "NumPy BLAS", "NumPy BLAS threads", "torch"):
+        assert any(line.startswith(key + " ") for line in out.splitlines()), key
+    assert np.__version__ in out
 
 
-def test_a_failing_layer_is_reported_as_an_error():
-    def build(sizes, dtype, rng):
-        return refimpl.InteractionArch(2), (np.zeros((2, 3)), np.zeros((2, 5, 3)))  # wrong F
-
-    case = bench.Case("InteractionArch", lambda s: "bad", build, None)
-    result = bench.run_case(case, bench.QUICK, np.float32, 64, 1, 0, use_torch=False)
-    assert result.status.startswith("error: ValueError: sparse")
+# ----------------------------------------------------------------------------- smoke tests
 
 
-def test_layer_selection():
-    assert {c.name for c in bench.select_cases(["crossnet"])} == {"CrossNet"}
-    assert len(bench.select_cases(["InteractionProjectionArch"])) == 3
-    with pytest.raises(SystemExit, match="unknown layer"):
-        bench.select_cases(["Transformer"])
+def _markdown_rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    lines = [line for line in path.read_text().splitlines() if line.startswith("| ")]
+    header_at = next(i for i, line in enumerate(lines) if line.startswith("| layer |"))
+    header = [c.strip() for c in lines[header_at].strip("|").split(" | ")]
+    rows = []
+    for line in lines[header_at + 1 :]:
+        cells = [c.strip() for c in line.strip("|").split(" | ")]
+        assert len(cells) == len(header), line
+        rows.append(dict(zip(header, cells, strict=True)))
+    return header, rows
 
 
-def test_production_sizes_are_issue_5s():
-    s = bench.PRODUCTION
-    assert (s.batch, s.features, s.dim, s.n, s.layers) == (1024, 26, 128, 3456, 3)
-    assert (s.low_rank, s.experts, s.expert_rank) == (512, 4, 128)
-    assert s.seed_branches == ((256,), (512,)) and s.torchrec_branches == ((2048, 2048),) * 2
-    assert s.over_arch_in == 479 and s.dense_arch == (13, (512, 256, 128))
+def _number(cell: str) -> float:
+    return float(cell.split(" (")[0].rstrip("%").replace(",", ""))
+
+
+@pytest.mark.slow
+def test_quick_bench_without_torch(tmp_path, capsys):
+    markdown, chart = tmp_path / "bench.md", tmp_path / "bench.png"
+    argv = ["bench", "--quick", "--no-torch", "--markdown", str(markdown), "--chart", str(chart)]
+    assert refimpl_main(argv) == 0
+    out = capsys.readouterr().out
+    assert "GEMM at the start" in out and "Memory bandwidth" in out and "README table" in out
+    header, rows = _markdown_rows(markdown)
+    assert tuple(header) == COLUMNS
+    cases = select_cases(None)
+    expected = [(c.name, c.config(QUICK), d) for d in ("float32", "float64") for c in cases]
+    assert [(r["layer"], r["configuration"], r["dtype"]) for r in rows] == expected
+    for row in rows:
+        for column in ("fwd ms", "fwd+bwd ms", "GFLOP/s", "% peak", "cache B/sample"):
+            value = _number(row[column])
+            assert math.isfinite(value) and value > 0, (row["layer"], column, row[column])
+        assert _number(row["fwd ms"]) <= _number(row["fwd+bwd ms"])
+        assert row["TorchRec fwd+bwd ms"] == row["ratio"] == "-"  # --no-torch
+        assert row["met"] in ("yes", "NO", "n/a")
+    assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and chart.stat().st_size > 10_000
+
+
+@pytest.mark.slow
+@pytest.mark.parity
+def test_quick_bench_with_torchrec(tmp_path):
+    pytest.importorskip("torch")
+    pytest.importorskip("torchrec")
+    markdown = tmp_path / "bench.md"
+    argv = ["--quick", "--layer", "InteractionArch", "--layer", "MLP", "--dtype", "float32"]
+    assert bench_main([*argv, "--markdown", str(markdown)]) == 0
+    _, rows = _markdown_rows(markdown)
+    assert [r["layer"] for r in rows] == ["InteractionArch", "MLP"]
+    for row in rows:
+        for column in ("fwd+bwd ms", "TorchRec fwd+bwd ms", "ratio"):
+            assert _number(row[column]) > 0, (column, row[column])
+        ratio = _number(row["fwd+bwd ms"]) / _number(row["TorchRec fwd+bwd ms"])
+        assert ratio == pytest.approx(_number(row["ratio"]), rel=0.05, abs=0.01)
+        assert row["met"] in ("yes", "NO")
+    numpy_gemm, torch_gemm = rows[1]["GEMM GFLOP/s NumPy / torch"].split(" / ")
+    assert float(numpy_gemm) > 0 and float(torch_gemm) > 0  # the MLP's GEMMs, beside it
+    text = markdown.read_text()
+    assert "torch threads 1" in text and "NumPy BLAS threads 1" in text  # --quick: one thread

@@ -4,11 +4,13 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from refimpl.tools import check
 from refimpl.tools.check import Check, Outcome, Unavailable, format_table, run_check
 
 
+@pytest.mark.slow
 def test_check_runs_for_the_dot_interaction_and_passes():
     proc = subprocess.run(
         [sys.executable, "-m", "refimpl", "check", "--layer", "InteractionArch"],
@@ -64,3 +66,10 @@ def test_outcome_status_and_table():
     table = format_table([ok, bad])
     assert table.splitlines()[2].split()[-1] == "pass"
     assert table.splitlines()[3].split()[-1] == "FAIL"
+
+
+def test_checks_come_in_lesson_order():
+    # The families in the order the lessons teach them, whatever their file names.
+    assert check.families()[:4] == ["embedding", "dot", "crossnet", "projection"]
+    layers = list(dict.fromkeys(c.layer for c in check.all_checks(["dot", "crossnet"])))
+    assert layers[0] == "InteractionArch" and layers[1] == "CrossNet"

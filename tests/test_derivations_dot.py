@@ -8,8 +8,15 @@ import pytest
 
 sp = pytest.importorskip("sympy")
 
+import numpy as np  # noqa: E402
+
 import derivations.dot_interaction as dot  # noqa: E402
-from refimpl.layers.dot import InteractionArch  # noqa: E402
+from derivations.proof import Proof, mutated  # noqa: E402
+from refimpl.fast import dot as fast_dot  # noqa: E402
+from refimpl.layers import dot as textbook  # noqa: E402
+from refimpl.layers.dot import pair_indices  # noqa: E402
+
+pytestmark = pytest.mark.slow
 
 OPTIONS = [(False, "triu"), (False, "tril"), (True, "triu"), (True, "tril")]
 
@@ -106,30 +113,57 @@ def test_symbolic_witness_three_features():
 # ---- the machinery must reject wrong formulas ------------------------------------------------
 
 
+def test_refimpls_backward_on_the_seeds_symbols_is_the_derivative():
+    assert dot.exactly_equal(dot.refimpl_gradients(), dot.symbolic_gradients())
+
+
+@pytest.mark.parametrize("mutant", dot.MUTANTS)
 @pytest.mark.parametrize(("self_interaction", "pair_order"), OPTIONS)
-def test_missing_transpose_is_rejected(self_interaction, pair_order):
-    wrong = dot.closed_form_gradients(self_interaction, pair_order, rule=lambda g: g)  # G C
-    truth = dot.symbolic_gradients(self_interaction, pair_order)
-    assert not dot.exactly_equal(wrong, truth)
-    with pytest.raises(AssertionError, match="not proven"):
-        dot.prove_equal(wrong, truth, "G C")
+def test_every_mutant_fails_the_proof(mutant, self_interaction, pair_order):
+    assert dot.gap(mutant, self_interaction, pair_order) is not None
+    with pytest.raises(AssertionError, match="not proven"), mutated(*dot.MUTANTS[mutant]):
+        dot.prove_closed_form(self_interaction, pair_order)
 
 
 def test_transpose_only_is_rejected():
-    wrong = dot.closed_form_gradients(rule=lambda g: g.T)  # Gᵀ C
-    assert not dot.exactly_equal(wrong, dot.symbolic_gradients())
+    # Gᵀ C in place of (G + Gᵀ) C
+    with mutated(
+        textbook.dot_interaction_backward,
+        "(d_gram + d_gram.transpose(0, 2, 1)) @ combined",
+        "d_gram.transpose(0, 2, 1) @ combined",
+    ):
+        assert dot.gap() is not None
 
 
-def test_doubled_diagonal_missing_is_rejected():
-    # (G + Gᵀ − diag(G)) C would be right off the diagonal but halve the self terms.
-    def rule(g):
-        return g + g.T - sp.diag(*[g[i, i] for i in range(g.shape[0])])
-
-    wrong = dot.closed_form_gradients(True, "triu", rule=rule)
-    assert not dot.exactly_equal(wrong, dot.symbolic_gradients(True, "triu"))
-    assert dot.exactly_equal(  # and at self_interaction=False the diagonal is empty: same
-        dot.closed_form_gradients(rule=rule), dot.symbolic_gradients()
+def test_the_diagonal_counted_once_is_rejected():
+    # (G + Gᵀ − diag(G)) C: right off the diagonal, half the self terms.
+    once = (
+        "(d_gram + d_gram.transpose(0, 2, 1)) @ combined",
+        "(d_gram + d_gram.transpose(0, 2, 1) - d_gram * np.eye(num_vectors, dtype=int)) @ combined",
     )
+    with mutated(textbook.dot_interaction_backward, *once):
+        assert dot.gap(None, True, "triu") is not None
+        assert dot.gap(None, False, "triu") is None  # no diagonal kept: nothing to get wrong
+
+
+def test_a_wrong_pair_order_is_rejected_at_three_features():
+    # tril-ordered pairs out of the forward, their gradients scattered at the triu positions:
+    # refimpl's own backward, called with the other order's indices.
+    sizes = {"batch": 1, "num_features": 3, "dim": 2}
+    fwd = dot.forward(False, "tril", **sizes)
+    dense = np.array(fwd.dense.tolist(), dtype=object)
+    sparse = np.array([m.tolist() for m in fwd.sparse], dtype=object)
+    tril, triu = pair_indices(3, pair_order="tril"), pair_indices(3)
+
+    def forward(values):
+        return textbook.dot_interaction(values["dense"], values["sparse"], *tril)
+
+    def wrong(values, d_out, combined):
+        d_dense, d_sparse = textbook.dot_interaction_backward(d_out, combined, *triu)
+        return {"dense": d_dense, "sparse": d_sparse}
+
+    proof = Proof("tril scattered as triu", forward, wrong, {"dense": dense, "sparse": sparse})
+    assert proof.gap is not None
 
 
 def test_seeds_doubled_dense_line_is_rejected():
@@ -167,26 +201,24 @@ def test_proof_error_names_the_statement():
         dot.exactly_equal(sp.Matrix([[x]]), sp.Matrix([[x, x]]))
 
 
-def test_witness_catches_a_broken_backward(monkeypatch):
-    original = InteractionArch.backward
+def test_witness_catches_a_broken_fast_path():
+    # The layer's fast backward without the dense passthrough: the float witness sees it.
+    dropped = (
+        "np.add(d_out[rows, :dim], d_combined[rows, 0], out=d_dense[rows])",
+        "np.copyto(d_dense[rows], d_combined[rows, 0])",
+    )
+    with mutated(fast_dot.dot_backward, *dropped):
+        errors = dot.witness_errors()
+    assert errors["output"] < 1e-12 and errors["sparse"] < 1e-12
+    assert errors["dense"] > 1e-3
 
-    def dropped_passthrough(self, d_out, cache):
-        d_dense, d_sparse, d_params = original(self, d_out, cache)
-        return d_dense - d_out[:, : d_dense.shape[1]], d_sparse, d_params
 
-    monkeypatch.setattr(InteractionArch, "backward", dropped_passthrough)
-    assert dot.symbolic_witness() > 1e-3
-
-
-def test_witness_catches_a_broken_closed_form(monkeypatch):
-    right = dot.closed_form_gradients
-
-    def missing_transpose(*args, **kwargs):
-        return right(*args, rule=lambda g: g, **kwargs)  # G C
-
-    monkeypatch.setattr(dot, "closed_form_gradients", missing_transpose)
-    with pytest.raises(AssertionError, match="not proven"):
-        dot.symbolic_witness()
+def test_witness_catches_a_broken_textbook_backward():
+    with (
+        pytest.raises(AssertionError, match="not proven"),
+        mutated(*dot.MUTANTS["transpose missing"]),
+    ):
+        dot.witness_errors(seed=1)
 
 
 def test_latex_layout():
@@ -200,6 +232,6 @@ def test_no_sparse_features(self_interaction):
     # F = 0: TorchRec returns dense unchanged, so dL/dD = G and there is nothing else.
     fwd = dot.forward(self_interaction, num_features=0)
     assert fwd.output == fwd.dense
-    assert dot.prove_closed_form(self_interaction, num_features=0)
     assert dot.symbolic_gradients(self_interaction, num_features=0).dense == fwd.upstream
-    assert dot.symbolic_witness(self_interaction, num_features=0) == 0.0
+    with pytest.raises(ValueError, match="F = 0"):  # the layer passes dense through itself
+        dot.prove_closed_form(self_interaction, num_features=0)

@@ -8,15 +8,9 @@ from refimpl.layers.dot import pair_indices
 from refimpl.tools.loops import interaction_loop
 
 
-def _inputs(rng, batch, features, dim, dtype=np.float64):
-    dense = rng.standard_normal((batch, dim)).astype(dtype)
-    sparse = rng.standard_normal((batch, features, dim)).astype(dtype)
-    return dense, sparse
-
-
-def test_seed_shapes_at_production_size(rng):
+def test_seed_shapes_at_production_size(rng, interaction_inputs):
     # The seed's comments: [B, 128] and [B, 26, 128] -> [B, 479] = 128 + 27·26/2.
-    dense, sparse = _inputs(rng, 2, 26, 128)
+    dense, sparse = interaction_inputs(rng, 2, 26, 128)
     out = refimpl.InteractionArch(26)(dense, sparse)
     assert out.shape == (2, 479)
 
@@ -36,12 +30,12 @@ def test_seed_example_by_hand():
 @pytest.mark.parametrize("pair_order", ["triu", "tril"])
 @pytest.mark.parametrize(("batch", "features", "dim"), [(2, 2, 4), (3, 1, 3), (1, 6, 5)])
 def test_matches_loop_version_and_gradcheck(
-    rng, self_interaction, pair_order, batch, features, dim
+    rng, self_interaction, pair_order, batch, features, dim, interaction_inputs
 ):
     arch = refimpl.InteractionArch(
         features, self_interaction=self_interaction, pair_order=pair_order
     )
-    dense, sparse = _inputs(rng, batch, features, dim)
+    dense, sparse = interaction_inputs(rng, batch, features, dim)
     out = arch(dense, sparse)
     np.testing.assert_allclose(
         out, interaction_loop(dense, sparse, self_interaction, pair_order), rtol=1e-13, atol=1e-13
@@ -51,8 +45,8 @@ def test_matches_loop_version_and_gradcheck(
     assert refimpl.gradcheck(arch, (dense, sparse)).ok
 
 
-def test_pair_orders_hold_the_same_values_in_different_places(rng):
-    dense, sparse = _inputs(rng, 2, 4, 3)
+def test_pair_orders_hold_the_same_values_in_different_places(rng, interaction_inputs):
+    dense, sparse = interaction_inputs(rng, 2, 4, 3)
     triu = refimpl.InteractionArch(4)(dense, sparse)
     tril = refimpl.InteractionArch(4, pair_order="tril")(dense, sparse)
     # (i, j) in triu order is (j, i) in tril order: same multiset, different order.
@@ -62,8 +56,8 @@ def test_pair_orders_hold_the_same_values_in_different_places(rng):
     assert np.all(rows > cols)
 
 
-def test_self_interaction_keeps_squared_norms(rng):
-    dense, sparse = _inputs(rng, 3, 2, 4)
+def test_self_interaction_keeps_squared_norms(rng, interaction_inputs):
+    dense, sparse = interaction_inputs(rng, 3, 2, 4)
     out = refimpl.InteractionArch(2, self_interaction=True)(dense, sparse)
     # triu with the diagonal: (0,0), (0,1), (0,2), (1,1), (1,2), (2,2)
     np.testing.assert_allclose(out[:, 4], np.sum(dense**2, axis=1))
@@ -83,9 +77,9 @@ def test_self_interaction_gradient_doubles_the_diagonal():
     np.testing.assert_array_equal(d_sparse, [[[0.0, 0.0]]])
 
 
-def test_f_zero_returns_dense_and_passes_gradient_through(rng):
+def test_f_zero_returns_dense_and_passes_gradient_through(rng, interaction_inputs):
     arch = refimpl.InteractionArch(0)
-    dense, sparse = _inputs(rng, 3, 0, 4)
+    dense, sparse = interaction_inputs(rng, 3, 0, 4)
     out, cache = arch.forward(dense, sparse)
     np.testing.assert_array_equal(out, dense)
     d_out = rng.standard_normal(out.shape)
@@ -94,8 +88,8 @@ def test_f_zero_returns_dense_and_passes_gradient_through(rng):
     assert d_sparse.shape == (3, 0, 4) and d_params == {}
 
 
-def test_float32_stays_float32(rng):
-    dense, sparse = _inputs(rng, 4, 3, 8, np.float32)
+def test_float32_stays_float32(rng, interaction_inputs):
+    dense, sparse = interaction_inputs(rng, 4, 3, 8, np.float32)
     arch = refimpl.InteractionArch(3, dtype=np.float32)
     out, cache = arch.forward(dense, sparse)
     d_dense, d_sparse, _ = arch.backward(np.ones_like(out), cache)
@@ -104,9 +98,9 @@ def test_float32_stays_float32(rng):
     np.testing.assert_allclose(out, reference, rtol=1e-5, atol=1e-5)
 
 
-def test_backward_mutates_neither_cache_nor_upstream(rng):
+def test_backward_mutates_neither_cache_nor_upstream(rng, interaction_inputs):
     arch = refimpl.InteractionArch(3, self_interaction=True)
-    dense, sparse = _inputs(rng, 2, 3, 4)
+    dense, sparse = interaction_inputs(rng, 2, 3, 4)
     out, cache = arch.forward(dense, sparse)
     kept = cache.combined.copy()
     d_out = rng.standard_normal(out.shape)
@@ -142,9 +136,9 @@ def test_bad_dtypes_and_types():
         arch.forward(np.zeros((2, 4)), np.zeros((2, 2, 4), np.float32))
 
 
-def test_bad_d_out_is_refused(rng):
+def test_bad_d_out_is_refused(rng, interaction_inputs):
     arch = refimpl.InteractionArch(2)
-    _, cache = arch.forward(*_inputs(rng, 2, 2, 4))
+    _, cache = arch.forward(*interaction_inputs(rng, 2, 2, 4))
     with pytest.raises(
         ValueError, match=r"d_out: expected shape \(B, P\) = \(2, 7\), got \(2, 6\)"
     ):

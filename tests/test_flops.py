@@ -1,7 +1,8 @@
-"""refimpl.tools.flops against a brute-force count: per-scalar loops on numbers that count their ops.
+"""refimpl.tools.flops against a brute-force count: scalar loops on numbers that count their ops.
 
 Each layer's forward and backward is written below as plain loops over scalars, the formulas of
-DESIGN §4 step by step, on :class:`Counted` numbers that tally every ``+ − × ÷ exp tanh``. Sums
+refimpl's textbook functions step by step, on :class:`Counted` numbers that tally every
+``+ − × ÷ exp tanh``. Sums
 start from the literal 0 (so a length-k dot product is 2k, the convention refimpl.tools.flops
 states). The loops also compute real values, which must match the refimpl layers, so the count
 is the count of the right computation.
@@ -55,6 +56,12 @@ class Counted:
 
     def __truediv__(self, o):
         return self._op(self.v / self._value(o))
+
+    def __rtruediv__(self, o):
+        return self._op(self._value(o) / self.v)
+
+    def negated(self):  # a sign flip is free, like a comparison
+        return Counted(-self.v)
 
     def __gt__(self, o):  # comparisons are free
         return self.v > self._value(o)
@@ -120,6 +127,7 @@ ACTIVATIONS = {
     "relu": (lambda z: z if z > 0 else Counted(0.0), lambda z, a, d: d if z > 0 else Counted(0.0)),
     "tanh": (lambda z: z.tanh(), lambda z, a, d: d * (1 - a * a)),
     "identity": (lambda z: z, lambda z, a, d: d),
+    "sigmoid": (lambda z: 1 / (1 + z.negated().exp()), lambda z, a, d: d * (a * (1 - a))),
 }
 
 
@@ -367,7 +375,7 @@ CROSS_CASES = [
             {"num_experts": k, "low_rank": 2, "activation": act},
             lambda b, n, L, o: flops.mixture_crossnet_flops(b, n, L, **o),
         )
-        for k, act in ((3, "relu"), (3, "tanh"), (1, "identity"), (2, "identity"))
+        for k, act in ((3, "relu"), (3, "tanh"), (1, "identity"), (2, "identity"), (2, "sigmoid"))
     ],
 ]
 
@@ -472,6 +480,7 @@ def _mlp_layers(params, prefix, sizes, activation, last_activation, bias=True):
         ({}, "relu"),
         ({"bias": False}, "relu"),
         ({"activation": "tanh"}, "tanh"),
+        ({"activation": "sigmoid"}, "sigmoid"),
         ({"activation_on_last": False}, "relu"),
     ],
 )

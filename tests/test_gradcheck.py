@@ -4,6 +4,8 @@ import numpy as np
 import pytest
 
 import refimpl
+from derivations.proof import mutated
+from refimpl.layers import dot
 from refimpl.tools.gradcheck import draw_away_from_kinks, numerical_gradient, rel_error
 
 
@@ -41,59 +43,52 @@ def test_correct_backward_passes_with_margin(rng):
     assert "pass" in str(result)
 
 
-class DroppedTransposeArch(refimpl.InteractionArch):
-    """dC = G C instead of (G + Gᵀ) C: forgets that each pair reads two rows of C."""
+class TextbookArch(refimpl.InteractionArch):
+    """InteractionArch running the textbook forms (looked up at each call, so that a mutant put
+    in their place runs) instead of its fast path."""
+
+    def forward(self, dense, sparse):
+        out, combined = dot.dot_interaction(dense, sparse, self.rows, self.cols)
+        return out, dot.DotCache(combined)
 
     def backward(self, d_out, cache):
-        (combined,) = cache
-        batch, n, dim = combined.shape
-        d_gram = np.zeros((batch, n, n))
-        d_gram[:, self.rows, self.cols] = d_out[:, dim:]
-        d_combined = d_gram @ combined
-        return d_out[:, :dim] + d_combined[:, 0], d_combined[:, 1:], {}
+        d_dense, d_sparse = dot.dot_interaction_backward(
+            d_out, cache.combined, self.rows, self.cols
+        )
+        return d_dense, d_sparse, {}
 
 
-class DroppedPassthroughArch(refimpl.InteractionArch):
-    """Forgets the dense passthrough term d_out[:, :D] in d_dense."""
-
-    def backward(self, d_out, cache):
-        d_dense, d_sparse, d_params = super().backward(d_out, cache)
-        dim = cache.combined.shape[2]
-        return d_dense - d_out[:, :dim], d_sparse, d_params
-
-
-class DoubledArch(refimpl.InteractionArch):
-    """The sparse gradient off by a factor of 2."""
-
-    def backward(self, d_out, cache):
-        d_dense, d_sparse, d_params = super().backward(d_out, cache)
-        return d_dense, 2 * d_sparse, d_params
-
-
-class SeedDoubledBmmArch(refimpl.InteractionArch):
-    """The seed's ∂L/∂D as printed: the dense-sparse term added twice."""
-
-    def backward(self, d_out, cache):
-        d_dense, d_sparse, d_params = super().backward(d_out, cache)
-        (combined,) = cache
-        batch, n, dim = combined.shape
-        d_gram = np.zeros((batch, n, n))
-        d_gram[:, self.rows, self.cols] = d_out[:, dim:]
-        extra = np.einsum("bf,bfd->bd", d_gram[:, 0, 1:], combined[:, 1:])  # (B, D)
-        return d_dense + extra, d_sparse, d_params
+# One-line mistakes in the textbook backward, and the input whose gradient shows each.
+BROKEN = {
+    "transpose missing: dC = G C": (
+        ("(d_gram + d_gram.transpose(0, 2, 1)) @ combined", "d_gram @ combined"),
+        "sparse",
+    ),
+    "passthrough dropped": (
+        ("d_dense = d_out[:, :dim] + d_combined[:, 0]", "d_dense = d_combined[:, 0]"),
+        "dense",
+    ),
+    "sparse gradient doubled": (
+        ("return d_dense, d_combined[:, 1:]", "return d_dense, 2 * d_combined[:, 1:]"),
+        "sparse",
+    ),
+    "the seed's doubled dense-sparse term": (
+        (
+            "d_dense = d_out[:, :dim] + d_combined[:, 0]",
+            "d_dense = d_out[:, :dim] + 2 * d_combined[:, 0]",
+        ),
+        "dense",
+    ),
+}
 
 
-@pytest.mark.parametrize(
-    ("broken", "which"),
-    [
-        (DroppedTransposeArch, "sparse"),
-        (DroppedPassthroughArch, "dense"),
-        (DoubledArch, "sparse"),
-        (SeedDoubledBmmArch, "dense"),
-    ],
-)
-def test_broken_backwards_are_caught(rng, broken, which):
-    result = refimpl.gradcheck(broken(2), _seed_inputs(rng))
+@pytest.mark.parametrize("name", BROKEN)
+def test_broken_backwards_are_caught(rng, name):
+    (old, new), which = BROKEN[name]
+    inputs = _seed_inputs(rng)
+    assert refimpl.gradcheck(TextbookArch(2), inputs).ok  # the textbook passes at this point
+    with mutated(dot.dot_interaction_backward, old, new):
+        result = refimpl.gradcheck(TextbookArch(2), inputs)
     assert not result.ok
     failing = {a.name for a in result.arrays if a.rel_error >= result.tol}
     assert which in failing

@@ -1,25 +1,13 @@
 """Linear, MLP, DenseArch, OverArch: TorchRec's structure and keys, init, validation, dtypes,
 the contract, and finite differences (including a dropped ReLU mask that must be caught)."""
 
-import dataclasses
-
 import numpy as np
 import pytest
 
 import refimpl
-from refimpl.tools.gradcheck import draw_away_from_kinks
+from derivations.proof import mutated
+from refimpl.layers import mlp as textbook
 from refimpl.tools.loops import mlp_layers, mlp_loop
-
-
-def _away_from_kinks(layer, rng, batch=3):
-    return draw_away_from_kinks(
-        layer, lambda r: (r.standard_normal((batch, layer.in_features)),), rng
-    )
-
-
-def _gradcheck(layer, inputs):
-    return refimpl.gradcheck(layer, inputs)
-
 
 # --- structure, keys, initialisation ------------------------------------------------------
 
@@ -162,7 +150,7 @@ def test_dense_arch_is_a_relu_mlp(rng):
         ({"layer_sizes": "44"}, TypeError, "layer_sizes: expected a list of positive integers"),
         ({"layer_sizes": [2.5]}, TypeError, "layer_sizes[0]: expected an integer"),
         ({"in_size": 0}, ValueError, "in_size: expected an integer >= 1, got 0"),
-        ({"activation": "sigmoid"}, ValueError, "activation: expected one of"),
+        ({"activation": "gelu"}, ValueError, "activation: expected one of"),
         (
             {"activation": np.tanh},
             TypeError,
@@ -246,13 +234,13 @@ def test_float32_stays_float32(rng, make):
         lambda: refimpl.OverArch(5, [4, 3], seed=0),
     ],
 )
-def test_backward_mutates_neither_params_nor_cache_nor_inputs(rng, make):
+def test_backward_mutates_neither_params_nor_cache_nor_inputs(rng, make, cache_arrays):
     layer = make()
     x = rng.standard_normal((3, 5))
     x_before = x.copy()
     params_before = layer.state_dict()
     out, cache = layer.forward(x)
-    cache_before = [np.copy(a) for a in _arrays(cache)]
+    cache_before = [np.copy(a) for a in cache_arrays(cache)]
     d_out = rng.standard_normal(out.shape)
     d_out_before = d_out.copy()
     d_input, d_params = layer.backward(d_out, cache)
@@ -260,28 +248,20 @@ def test_backward_mutates_neither_params_nor_cache_nor_inputs(rng, make):
     np.testing.assert_array_equal(d_out, d_out_before)  # backward works in place on its own arrays
     for key, value in params_before.items():
         np.testing.assert_array_equal(layer.params[key], value)
-    for before, after in zip(cache_before, _arrays(cache), strict=True):
+    for before, after in zip(cache_before, cache_arrays(cache), strict=True):
         np.testing.assert_array_equal(before, after)
     assert list(d_params) == list(layer.params)
     assert d_input.shape == x.shape
 
 
-def _arrays(tree):
-    if isinstance(tree, np.ndarray):
-        return [tree]
-    if isinstance(tree, tuple):
-        return [a for item in tree for a in _arrays(item)]
-    return []
-
-
-def test_mlp_cache_holds_each_layers_input_and_the_output_only(rng):
+def test_mlp_cache_holds_each_layers_input_and_the_output_only(rng, cache_arrays):
     mlp = refimpl.MLP(5, [4, 3, 2], seed=0)
     x = rng.standard_normal((3, 5))
     out, cache = mlp.forward(x)
-    assert len(_arrays(cache)) == 4  # x_0, x_1, x_2 and the output: no pre-activations
-    assert cache.linears[0].input is x and cache.output is out
+    assert len(cache_arrays(cache)) == 4  # x_0, x_1, x_2 and the output: no pre-activations
+    assert cache.inputs[0] is x and cache.output is out
     z = mlp.pre_activations(x)  # recomputed
-    activated = [c.input for c in cache.linears[1:]] + [cache.output]
+    activated = [*cache.inputs[1:], cache.output]
     for z_i, a_i in zip(z, activated, strict=True):
         np.testing.assert_array_equal(a_i, np.maximum(z_i, 0))  # g(z_i) is in the cache
 
@@ -299,15 +279,15 @@ def test_forward_stores_nothing_on_the_layer(rng):
 @pytest.mark.parametrize("activation", ["relu", "tanh", "identity"])
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize(("batch", "sizes"), [(1, (4,)), (3, (4, 3)), (2, (6, 5, 3))])
-def test_mlp_gradcheck(rng, activation, bias, batch, sizes):
+def test_mlp_gradcheck(rng, activation, bias, batch, sizes, away_from_kinks):
     mlp = refimpl.MLP(5, sizes, bias, activation, seed=rng)
-    result = _gradcheck(mlp, _away_from_kinks(mlp, rng, batch))
+    result = refimpl.gradcheck(mlp, away_from_kinks(mlp, rng, (batch, 5)))
     assert result.ok, result
 
 
-def test_mlp_without_activation_on_last_gradcheck(rng):
+def test_mlp_without_activation_on_last_gradcheck(rng, away_from_kinks):
     mlp = refimpl.MLP(5, [4, 3], activation="tanh", activation_on_last=False, seed=rng)
-    assert _gradcheck(mlp, _away_from_kinks(mlp, rng)).ok
+    assert refimpl.gradcheck(mlp, away_from_kinks(mlp, rng, (3, 5))).ok
 
 
 @pytest.mark.parametrize(
@@ -321,9 +301,9 @@ def test_mlp_without_activation_on_last_gradcheck(rng):
     ],
 )
 @pytest.mark.parametrize("batch", [1, 4])
-def test_layer_gradcheck(rng, make, batch):
+def test_layer_gradcheck(rng, make, batch, away_from_kinks):
     layer = make(rng)
-    result = _gradcheck(layer, _away_from_kinks(layer, rng, batch))
+    result = refimpl.gradcheck(layer, away_from_kinks(layer, rng, (batch, 5)))
     assert result.ok, result
 
 
@@ -378,15 +358,22 @@ def test_kink_distance_is_the_smallest_relu_pre_activation(rng):
     )
 
 
-def test_a_dropped_relu_mask_is_caught(rng):
+def test_a_dropped_relu_mask_is_caught(rng, away_from_kinks):
     mlp = refimpl.MLP(5, [6, 4], seed=rng)
-    (x,) = _away_from_kinks(mlp, rng, 4)
+    (x,) = away_from_kinks(mlp, rng, (4, 5))
     assert all(np.any(z < 0) for z in mlp.pre_activations(x))  # some units are off
-    assert _gradcheck(mlp, (x,)).ok
+    assert refimpl.gradcheck(mlp, (x,)).ok
     # The bug: backward passes the gradient through every unit, as if ReLU were the identity.
-    relu = refimpl.get_activation("relu")
-    no_mask = dataclasses.replace(relu, derivative=lambda z, a: np.ones_like(a))
-    mlp._activations = (no_mask, no_mask)
-    result = _gradcheck(mlp, (x,))
+    dropped = ("d_z = d_x * get_activation(names[i]).derivative(activated[i])", "d_z = d_x")
+    with mutated(textbook.mlp_backward, *dropped):
+        result = refimpl.gradcheck(mlp, (x,))
     assert not result.ok
     assert result.worst.rel_error > 1e-2
+
+
+def test_a_bias_gradient_of_one_sample_is_caught(rng, away_from_kinks):
+    layer = refimpl.Linear(5, 3, seed=rng)
+    (x,) = away_from_kinks(layer, rng, (4, 5))
+    with mutated(textbook.linear_backward, "d_out.sum(axis=0)", "d_out[0]"):
+        result = refimpl.gradcheck(layer, (x,))
+    assert not result.ok and result.worst.name == "bias"

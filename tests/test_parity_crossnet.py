@@ -8,6 +8,8 @@ crossnet = pytest.importorskip("torchrec.modules.crossnet")
 dlrm = pytest.importorskip("torchrec.models.dlrm")
 
 import refimpl  # noqa: E402
+from derivations.proof import mutated  # noqa: E402
+from refimpl.fast import crossnet as fast  # noqa: E402
 from refimpl.tools.check.cases import crossnet as cases  # noqa: E402
 from refimpl.tools.parity import compare_with_torch  # noqa: E402
 
@@ -33,12 +35,13 @@ CONFIGS = [
     (MIX, {"num_experts": 2, "low_rank": 1, "activation": "identity"}, 2, 6, 2),
     (MIX, {"num_experts": 3, "low_rank": 4, "activation": "relu"}, 2, 216, 3),
     (MIX, {"num_experts": 4, "low_rank": 8, "activation": "tanh"}, 3, 108, 2),
+    (MIX, {"num_experts": 2, "low_rank": 2, "activation": "sigmoid"}, 3, 8, 2),
 ]
 
 
 def _id(config):
     kind, options, batch, n, num_layers = config
-    return f"{kind} {cases._label(kind, options)} B={batch} N={n} L={num_layers}".replace("  ", " ")
+    return f"{kind} {cases.label(kind, options)} B={batch} N={n} L={num_layers}".replace("  ", " ")
 
 
 def _build(kind, options, n, num_layers, seed=0):
@@ -58,7 +61,7 @@ def test_forward_and_every_gradient_match_torchrec(config):
 @pytest.mark.parametrize(("kind", "options"), cases.VARIANTS, ids=lambda v: str(v))
 @pytest.mark.parametrize(("batch", "features", "dim"), [(2, 2, 4), (1, 26, 8), (3, 0, 4)])
 def test_interaction_dcn_arch_matches_torchrec(kind, options, batch, features, dim):
-    arch, inputs = cases._dcn_builder(kind, options, batch, features, dim, num_layers=3)(
+    arch, inputs = cases.dcn_builder(kind, options, batch, features, dim, num_layers=3)(
         np.random.default_rng(0)
     )
     errors = compare_with_torch(arch, cases.torch_dcn(arch), inputs, seed=2)
@@ -139,12 +142,20 @@ def test_vector_crossnet_bias_placement_is_torchrecs_code_not_its_docstring():
 
 
 def test_a_broken_backward_fails_parity():
-    class GateFromLastLayerOnly(refimpl.LowRankMixtureCrossNet):
-        def _layer_backward(self, l, *args):
-            d_x, d_x0, grads, d_gates = super()._layer_backward(l, *args)
-            return d_x, d_x0, grads, d_gates if l == self.num_layers - 1 else 0 * d_gates
-
-    net = GateFromLastLayerOnly(6, 3, num_experts=2, low_rank=2, activation="tanh", seed=0)
+    # The mixture's fast path with the shared gates' gradient from one layer (layer 0's).
+    net = refimpl.LowRankMixtureCrossNet(6, 3, num_experts=2, low_rank=2, activation="tanh", seed=0)
     x = np.random.default_rng(5).standard_normal((2, 6))
-    errors = compare_with_torch(net, cases.torch_crossnet(net), (x,))
+    with mutated(
+        fast.mixture_backward_fast, "d_gates += d_logits.T @ x_l", "d_gates = d_logits.T @ x_l"
+    ):
+        errors = compare_with_torch(net, cases.torch_crossnet(net), (x,))
     assert errors["gates.0.weight"] > 1e-3 and errors["x"] < 1e-10
+
+
+def test_torchrecs_dcn_arch_cannot_take_an_empty_batch():
+    # Why refimpl refuses B = 0 here (tests/test_empty_batch.py): TorchRec fails too.
+    from torchrec.models.dlrm import InteractionDCNArch
+
+    arch = InteractionDCNArch(2, crossnet.CrossNet(12, 1))
+    with pytest.raises(RuntimeError, match="reshape"):
+        arch(torch.zeros(0, 4), torch.zeros(0, 2, 4))

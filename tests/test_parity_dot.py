@@ -7,6 +7,8 @@ torch = pytest.importorskip("torch")
 dlrm = pytest.importorskip("torchrec.models.dlrm")
 
 import refimpl  # noqa: E402
+from derivations.proof import mutated  # noqa: E402
+from refimpl.fast import dot as fast_dot  # noqa: E402
 from refimpl.tools.parity import compare_with_torch  # noqa: E402
 
 pytestmark = pytest.mark.parity
@@ -34,11 +36,21 @@ def test_torchrec_pair_order_is_refimpl_default(rng):
 
 
 def test_a_broken_backward_fails_parity(rng):
-    class Halved(refimpl.InteractionArch):
-        def backward(self, d_out, cache):
-            d_dense, d_sparse, d_params = super().backward(d_out, cache)
-            return d_dense, d_sparse / 2, d_params
-
+    # The layer's fast path with its sparse gradient halved.
     dense, sparse = rng.standard_normal((2, 4)), rng.standard_normal((2, 2, 4))
-    errors = compare_with_torch(Halved(2), dlrm.InteractionArch(2), (dense, sparse))
+    halved = ("return d_dense, d_combined[:, 1:]", "return d_dense, d_combined[:, 1:] / 2")
+    with mutated(fast_dot.dot_backward, *halved):
+        errors = compare_with_torch(
+            refimpl.InteractionArch(2), dlrm.InteractionArch(2), (dense, sparse)
+        )
     assert errors["sparse"] > 0.1 and errors["dense"] < 1e-10
+
+
+def test_an_empty_batch_matches_torchrec():
+    # TorchRec returns an empty (0, D + F(F+1)/2) output; so does refimpl, and the gradients.
+    dense, sparse = np.zeros((0, 4)), np.zeros((0, 3, 4))
+    theirs = dlrm.InteractionArch(3)(torch.tensor(dense), torch.tensor(sparse))
+    out, cache = refimpl.InteractionArch(3).forward(dense, sparse)
+    assert out.shape == tuple(theirs.shape) == (0, 10)
+    d_dense, d_sparse, _ = refimpl.InteractionArch(3).backward(out, cache)
+    assert d_dense.shape == (0, 4) and d_sparse.shape == (0, 3, 4)

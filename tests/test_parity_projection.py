@@ -10,6 +10,8 @@ dlrm = pytest.importorskip("torchrec.models.dlrm")
 torchrec_mlp = pytest.importorskip("torchrec.modules.mlp")
 
 import refimpl  # noqa: E402
+from derivations.proof import mutated  # noqa: E402
+from refimpl.layers import projection  # noqa: E402
 from refimpl.tools.check.cases.projection import (  # noqa: E402
     PROJECTION_SHAPES,
     build_projection,
@@ -34,13 +36,13 @@ def _assert_parity(layer, module, inputs):
     return errors
 
 
-@pytest.mark.parametrize("activation", ["relu", "tanh", "identity"])
+@pytest.mark.parametrize("activation", refimpl.ACTIVATIONS)
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize(("batch", "sizes"), [(1, (4,)), (3, (4, 3)), (5, (7, 5, 2))])
 def test_mlp_matches_torchrec(rng, activation, bias, batch, sizes):
-    mlp = refimpl.MLP(6, sizes, bias, activation)
-    torch_activation = {"relu": "relu", "tanh": torch.tanh, "identity": torch.nn.Identity()}
-    module = torchrec_mlp.MLP(6, list(sizes), bias=bias, activation=torch_activation[activation])
+    mlp = refimpl.MLP(6, sizes, bias, activation, seed=0)
+    torch_activation = refimpl.get_activation(activation).torch_function()
+    module = torchrec_mlp.MLP(6, list(sizes), bias=bias, activation=torch_activation)
     _assert_parity(mlp, module, _one_input(mlp, rng, batch))
 
 
@@ -132,20 +134,15 @@ def test_init_range_is_nn_linears():
 
 def test_a_transposed_z_fails_parity(rng):
     # Z = b2(..).reshape(B, F2, D) transposed: the shapes all fit, the numbers do not.
-    class TransposedZ(refimpl.InteractionProjectionArch):
-        def forward(self, dense, sparse):
-            _, cache = super().forward(dense, sparse)
-            batch, dim = dense.shape
-            f2 = self.projected_dims[1]
-            z = cache.z.reshape(batch, f2, dim).transpose(0, 2, 1)  # (B, D, F2), wrongly
-            interactions = (cache.y @ z).reshape(batch, -1)  # (B, F1·F2)
-            return np.concatenate([dense, interactions], axis=1), cache
-
     arch = build_projection(2, 2, 4, (8,), (12,))
-    wrong = TransposedZ(2, arch.interaction_branch1, arch.interaction_branch2)
     dense, sparse = rng.standard_normal((2, 4)), rng.standard_normal((2, 2, 4))
+    transposed_z = (
+        "z = z_flat.reshape(batch, dim, z_flat.shape[1] // dim)",
+        "z = z_flat.reshape(batch, z_flat.shape[1] // dim, dim).transpose(0, 2, 1)",
+    )
     # A fresh module each time: torch accumulates .grad across backward calls.
-    assert compare_with_torch(wrong, torch_module_like(arch), (dense, sparse))["out"] > 1e-2
+    with mutated(projection.projection_forward, *transposed_z):
+        assert compare_with_torch(arch, torch_module_like(arch), (dense, sparse))["out"] > 1e-2
     errors = compare_with_torch(arch, torch_module_like(arch), (dense, sparse))
     assert max(errors.values()) < 1e-10
 
@@ -173,3 +170,10 @@ def test_one_branch_used_twice_matches_torchrec(rng):
     for key, value in branch.named_parameters():
         for prefix in ("interaction_branch1", "interaction_branch2"):
             assert refimpl.rel_error(d_params[f"{prefix}.{key}"], value.grad.numpy()) < 1e-10
+
+
+def test_torchrecs_projection_arch_cannot_take_an_empty_batch():
+    # Why refimpl refuses B = 0 here (tests/test_empty_batch.py): TorchRec fails too.
+    module = dlrm.InteractionProjectionArch(2, dlrm.DenseArch(12, [8]), dlrm.DenseArch(12, [12]))
+    with pytest.raises(RuntimeError, match="reshape"):
+        module(torch.zeros(0, 4), torch.zeros(0, 2, 4))

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 import refimpl
-from refimpl.layers.projection import ProjectionCache
+from derivations.proof import mutated
+from refimpl.layers import projection
 from refimpl.tools.check.cases.projection import PROJECTION_SHAPES, build_projection
-from refimpl.tools.gradcheck import draw_away_from_kinks
 from refimpl.tools.loops import mlp_layers, mlp_loop, projection_loop
 
 
@@ -18,14 +18,6 @@ def _draw(batch, features, dim, dtype=np.float64):
         return dense, sparse
 
     return draw
-
-
-def _away_from_kinks(arch, rng, batch, features, dim):
-    return draw_away_from_kinks(arch, _draw(batch, features, dim), rng)
-
-
-def _gradcheck(arch, inputs):
-    return refimpl.gradcheck(arch, inputs)
 
 
 def _loop(arch, dense, sparse):
@@ -121,8 +113,8 @@ def test_both_branches_read_the_same_flattened_input(rng):
     dense, sparse = _draw(3, 2, 4)(rng)
     _, cache = arch.forward(dense, sparse)
     flat = np.concatenate([dense[:, None], sparse], axis=1).reshape(3, 12)
-    np.testing.assert_array_equal(cache.branch1.linears[0].input, flat)
-    np.testing.assert_array_equal(cache.branch2.linears[0].input, flat)
+    np.testing.assert_array_equal(cache.branch1.inputs[0], flat)
+    np.testing.assert_array_equal(cache.branch2.inputs[0], flat)
 
 
 # --- validation ----------------------------------------------------------------------------
@@ -196,30 +188,22 @@ def test_float32_stays_float32(rng):
     np.testing.assert_allclose(out, arch64(dense.astype(float), sparse.astype(float)), rtol=1e-5)
 
 
-def test_backward_mutates_neither_params_nor_cache_nor_inputs(rng):
+def test_backward_mutates_neither_params_nor_cache_nor_inputs(rng, cache_arrays):
     arch = build_projection(2, 2, 4, (6, 8), (12,), seed=0)
     dense, sparse = _draw(2, 2, 4)(rng)
     inputs_before = (dense.copy(), sparse.copy())
     params_before = arch.state_dict()
     out, cache = arch.forward(dense, sparse)
-    cache_before = [a.copy() for a in _arrays(cache)]
+    cache_before = [a.copy() for a in cache_arrays(cache)]
     d_dense, d_sparse, d_params = arch.backward(rng.standard_normal(out.shape), cache)
     np.testing.assert_array_equal(dense, inputs_before[0])
     np.testing.assert_array_equal(sparse, inputs_before[1])
     for key, value in params_before.items():
         np.testing.assert_array_equal(arch.params[key], value)
-    for before, after in zip(cache_before, _arrays(cache), strict=True):
+    for before, after in zip(cache_before, cache_arrays(cache), strict=True):
         np.testing.assert_array_equal(before, after)
     assert list(d_params) == list(arch.params)
     assert not np.shares_memory(d_sparse, d_dense)
-
-
-def _arrays(tree):
-    if isinstance(tree, np.ndarray):
-        return [tree]
-    if isinstance(tree, tuple):
-        return [a for item in tree for a in _arrays(item)]
-    return []
 
 
 def test_kink_distance_is_the_nearer_branch(rng):
@@ -236,10 +220,12 @@ def test_kink_distance_is_the_nearer_branch(rng):
 
 
 @pytest.mark.parametrize("shape", PROJECTION_SHAPES)
-def test_gradcheck(rng, shape):
+def test_gradcheck(rng, away_from_kinks, shape):
     batch, features, dim, _, _ = shape
     arch = build_projection(*shape, seed=rng)
-    result = _gradcheck(arch, _away_from_kinks(arch, rng, batch, features, dim))
+    result = refimpl.gradcheck(
+        arch, away_from_kinks(arch, rng, (batch, dim), (batch, features, dim))
+    )
     assert result.ok, result
 
 
@@ -251,104 +237,64 @@ def test_gradcheck_refuses_a_kink_point(rng):
         refimpl.gradcheck(arch, (dense, sparse))
 
 
-def _backward_with(arch, d_out, cache, *, undo_z, drop_branch2=False, drop_passthrough=False):
-    """The projection's backward, with one step swapped out (each a plausible mistake)."""
-    y, z, cache1, cache2 = cache
-    batch, f1, dim = y.shape
-    f2 = z.shape[2]
-    d_interactions = d_out[:, dim:].reshape(batch, f1, f2)
-    dy = d_interactions @ z.transpose(0, 2, 1)
-    dz = y.transpose(0, 2, 1) @ d_interactions
-    d_flat1, d_params1 = arch.interaction_branch1.backward(dy.reshape(batch, -1), cache1)
-    d_flat2, d_params2 = arch.interaction_branch2.backward(undo_z(dz), cache2)
-    d_flat = d_flat1 if drop_branch2 else d_flat1 + d_flat2
-    d_combined = d_flat.reshape(batch, -1, dim)
-    d_dense = d_combined[:, 0] if drop_passthrough else d_out[:, :dim] + d_combined[:, 0]
-    d_params = {
-        **{f"interaction_branch1.{k}": v for k, v in d_params1.items()},
-        **{f"interaction_branch2.{k}": v for k, v in d_params2.items()},
-    }
-    return d_dense, d_combined[:, 1:].copy(), d_params
+# One-line mistakes in the projection's textbook backward (which the layer runs).
+BROKEN = {
+    "transpose for reshape": (
+        "d_z.reshape(batch, dim * f2)",
+        "d_z.transpose(0, 2, 1).reshape(batch, dim * f2)",
+    ),
+    "dZ transposed": (
+        "d_z = y.transpose(0, 2, 1) @ d_interactions",
+        "d_z = d_interactions.transpose(0, 2, 1) @ y",
+    ),
+    "branch 2 dropped": ("d_flat1 + d_flat2", "d_flat1"),
+    "passthrough dropped": (
+        "d_dense = d_out[:, :dim] + d_combined[:, 0]",
+        "d_dense = d_combined[:, 0]",
+    ),
+}
 
 
-def _reshape_back(dz):  # right: (B, D, F2) -> (B, D·F2) in the order forward read it
-    return dz.reshape(dz.shape[0], -1)
-
-
-def _transpose_back(dz):  # wrong: as if Z had been b2(..).reshape(B, F2, D).transpose
-    return dz.transpose(0, 2, 1).reshape(dz.shape[0], -1)
-
-
-class _Broken(refimpl.InteractionProjectionArch):
-    def __init__(self, arch, **bug):
-        super().__init__(
-            arch.num_sparse_features, arch.interaction_branch1, arch.interaction_branch2
-        )
-        self.bug = {"undo_z": _reshape_back, **bug}
-
-    def backward(self, d_out, cache):
-        return _backward_with(self, d_out, cache, **self.bug)
-
-
-@pytest.mark.parametrize(
-    "bug",
-    [
-        {"undo_z": _transpose_back},
-        {"drop_branch2": True},
-        {"drop_passthrough": True},
-    ],
-    ids=["transpose-for-reshape", "dropped-branch2", "dropped-passthrough"],
-)
+@pytest.mark.parametrize("name", BROKEN)
 @pytest.mark.parametrize("shape", [(2, 2, 4, (8,), (12,)), (1, 3, 3, (9,), (6, 9))])
-def test_broken_backwards_fail_gradcheck(rng, bug, shape):
+def test_broken_backwards_fail_gradcheck(rng, away_from_kinks, name, shape):
     batch, features, dim, _, _ = shape
     arch = build_projection(*shape, seed=rng)
-    inputs = _away_from_kinks(arch, rng, batch, features, dim)
-    assert _gradcheck(_Broken(arch), inputs).ok  # the scaffold itself is right
-    result = _gradcheck(_Broken(arch, **bug), inputs)
+    inputs = away_from_kinks(arch, rng, (batch, dim), (batch, features, dim))
+    assert refimpl.gradcheck(arch, inputs).ok
+    with mutated(projection.projection_backward, *BROKEN[name]):
+        result = refimpl.gradcheck(arch, inputs)
     assert not result.ok
     assert result.worst.rel_error > 1e-3
 
 
-class _TransposedZ(refimpl.InteractionProjectionArch):
-    """A different layer: Z = b2(..).reshape(B, F2, D).transpose, with its own right backward."""
-
-    def forward(self, dense, sparse):
-        batch, dim = dense.shape
-        f1, f2 = self.projected_dims
-        combined = np.concatenate([dense[:, None, :], sparse], axis=1)
-        flat = combined.reshape(batch, -1)
-        y_flat, cache1 = self.interaction_branch1.forward(flat)
-        z_flat, cache2 = self.interaction_branch2.forward(flat)
-        y = y_flat.reshape(batch, f1, dim)
-        z = z_flat.reshape(batch, f2, dim).transpose(0, 2, 1)
-        out = np.concatenate([dense, (y @ z).reshape(batch, -1)], axis=1)
-        return out, ProjectionCache(y, z, cache1, cache2)
-
-    def backward(self, d_out, cache):
-        return _backward_with(self, d_out, cache, undo_z=_transpose_back)
-
-
-def test_a_consistently_transposed_z_passes_gradcheck_but_not_the_loop(rng):
+def test_a_consistently_transposed_z_passes_gradcheck_but_not_the_loop(rng, away_from_kinks):
     # Transposing Z in forward *and* backward is a correct gradient of the wrong function:
     # finite differences cannot see it; comparing the forward (loop, TorchRec) does.
     shape = (2, 2, 4, (8,), (12,))
     arch = build_projection(*shape, seed=rng)
-    wrong = _TransposedZ(2, arch.interaction_branch1, arch.interaction_branch2)
-    dense, sparse = _away_from_kinks(arch, rng, 2, 2, 4)
-    assert _gradcheck(wrong, (dense, sparse)).ok
+    dense, sparse = away_from_kinks(arch, rng, (2, 4), (2, 2, 4))
     expected = _loop(arch, dense, sparse)
     np.testing.assert_allclose(arch(dense, sparse), expected, rtol=1e-13)
-    assert refimpl.rel_error(wrong(dense, sparse), expected) > 1e-2
+    transposed_z = (
+        "z = z_flat.reshape(batch, dim, z_flat.shape[1] // dim)",
+        "z = z_flat.reshape(batch, z_flat.shape[1] // dim, dim).transpose(0, 2, 1)",
+    )
+    with (
+        mutated(projection.projection_forward, *transposed_z),
+        mutated(projection.projection_backward, *BROKEN["transpose for reshape"]),
+    ):
+        assert refimpl.gradcheck(arch, (dense, sparse)).ok
+        assert refimpl.rel_error(arch(dense, sparse), expected) > 1e-2
 
 
-def test_one_branch_used_twice_gets_the_summed_gradient(rng):
+def test_one_branch_used_twice_gets_the_summed_gradient(rng, away_from_kinks):
     # TorchRec accepts the same module for both branches (tied weights); both keys then name
     # one tensor whose gradient is the sum of its two uses.
     branch = refimpl.DenseArch(12, [12], seed=rng)
     arch = refimpl.InteractionProjectionArch(2, branch, branch)
-    inputs = _away_from_kinks(arch, rng, 2, 2, 4)
-    result = _gradcheck(arch, inputs)
+    inputs = away_from_kinks(arch, rng, (2, 4), (2, 2, 4))
+    result = refimpl.gradcheck(arch, inputs)
     assert result.ok, result
     out, cache = arch.forward(*inputs)
     _, _, d_params = arch.backward(np.ones_like(out), cache)

@@ -48,7 +48,10 @@ def _gates(params, num_experts: int) -> np.ndarray | None:
 
 
 def mixture_forward_fast(params, x_hat: np.ndarray, activation: Activation):
-    """``(x_L, FastMixtureCache)``: the numbers of the textbook ``mixture_forward``."""
+    """:func:`refimpl.layers.crossnet.mixture_forward`'s ``x_L``, without the K crosses.
+
+    Returns ``(x_L, FastMixtureCache)``.
+    """
     g = activation.forward
     num_layers = sum(key.startswith("bias.") for key in params)
     k, r, n = params["V_kernels.0"].shape
@@ -77,7 +80,8 @@ def mixture_forward_fast(params, x_hat: np.ndarray, activation: Activation):
 
 
 def mixture_backward_fast(params, d_out: np.ndarray, cache: FastMixtureCache, activation):
-    """``(d_input, d_params)``: the numbers of the textbook ``mixture_backward``."""
+    """:func:`refimpl.layers.crossnet.mixture_backward`'s ``(d_input, d_params)``, without
+    the K crosses' gradients."""
     derivative = activation.derivative
     xs, h_all, h_tilde_all, mixes, probs = cache
     x_hat = xs[0]
@@ -88,13 +92,13 @@ def mixture_backward_fast(params, d_out: np.ndarray, cache: FastMixtureCache, ac
     for l in reversed(range(len(xs))):
         u, v, c = (params[f"{name}_kernels.{l}"] for name in "UVC")
         x_l, h, h_tilde, mix, prob = xs[l], h_all[l], h_tilde_all[l], mixes[l], probs[l]
-        weights = prob.T[:, :, None]  # p_k per sample, (K, B, 1)
+        expert_probs = prob.T[:, :, None]  # p_k per sample, (K, B, 1)
         d_mix = x_hat * d_x  # dm, (B, N)
         d_x_hat += mix * d_x  # (B, N)
         d_mix_u = d_mix @ u  # dm U_k, (B, N) @ (K, N, r) -> (K, B, r)
-        d_e = weights * d_mix_u * derivative(h_tilde)  # dh̃ ⊙ g'(e), dh̃ = p_k (dm U_k)
+        d_e = expert_probs * d_mix_u * derivative(h_tilde)  # dh̃ ⊙ g'(e), dh̃ = p_k (dm U_k)
         d_a = (d_e @ c) * derivative(h)  # dh ⊙ g'(a), (K, B, r)
-        d_params[f"U_kernels.{l}"] = d_mix.T @ (weights * h_tilde)  # dmᵀ (p_k h̃_k), (K, N, r)
+        d_params[f"U_kernels.{l}"] = d_mix.T @ (expert_probs * h_tilde)  # dmᵀ (p_k h̃_k), (K, N, r)
         d_params[f"V_kernels.{l}"] = d_a.transpose(0, 2, 1) @ x_l  # (K, r, N)
         d_params[f"bias.{l}"] = d_mix.sum(axis=0)[:, None]  # Σ_batch,k p_k dm = Σ_batch dm
         d_params[f"C_kernels.{l}"] = d_e.transpose(0, 2, 1) @ h  # (K, r, r)

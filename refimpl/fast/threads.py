@@ -1,46 +1,59 @@
-"""Stacks of small matrix products spread over threads.
+"""Per-sample work spread over threads, a slice of the batch each.
 
-NumPy multiplies a stack ``(S, m, k) @ (S, k, n)`` one matrix at a time on one core, and each
-product is too small for BLAS to spread over more. NumPy lets go of the GIL while it
-multiplies, so slices of the stack on separate threads use the other cores.
+NumPy runs an elementwise pass, a gather, or a stack of small matrix products
+``(B, m, k) @ (B, k, n)`` on one core (each product is too small for BLAS to spread over
+more). It lets go of the GIL inside each of them, so the same calls on separate slices of the
+batch, on separate threads, use the other cores. Each thread writes its own rows of arrays
+allocated before the split, so the result is the same as one call on the whole batch.
 """
 
 from __future__ import annotations
 
 import itertools
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-import numpy as np
-
-SPLIT_MIN_WORK = 1 << 22  # multiply-adds below which one thread beats handing out slices
+SPLIT_MIN_WORK = 1 << 22  # operations below which one thread beats handing out slices
 
 
-def matmul_threads() -> int:
-    """Threads for :func:`stacked_matmul`: ``OMP_NUM_THREADS`` if set, else the usable cores."""
+def num_threads() -> int:
+    """Threads to split the batch over: ``OMP_NUM_THREADS`` if set, else the usable cores."""
     if os.environ.get("OMP_NUM_THREADS", "").isdigit():
         return max(1, int(os.environ["OMP_NUM_THREADS"]))
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
-def stacked_matmul(a: np.ndarray, b: np.ndarray, threads: int | None = None) -> np.ndarray:
-    """``a @ b`` for stacks of small matrices, (S, m, k) @ (S, k, n), the stack split on threads.
+def batch_slices(batch: int, parts: int) -> list[slice]:
+    """``parts`` consecutive slices covering ``range(batch)``, as equal as can be.
 
-    The threads live only for the call (a pool that is started and joined here), so nothing
-    outlives it; starting two threads costs far less than the products worth splitting.
-
-    >>> a, b = np.ones((4, 2, 3)), np.ones((4, 3, 5))
-    >>> bool(np.array_equal(stacked_matmul(a, b, threads=2), a @ b))
-    True
+    >>> batch_slices(5, 2)
+    [slice(0, 2, None), slice(2, 5, None)]
     """
-    threads = matmul_threads() if threads is None else threads
-    stack, m, k = a.shape
-    n = b.shape[-1]
-    if threads < 2 or stack < threads or stack * m * k * n < SPLIT_MIN_WORK:
-        return a @ b
-    out = np.empty((stack, m, n), np.result_type(a, b))  # (S, m, n)
-    bounds = [stack * i // threads for i in range(threads + 1)]
-    parts = [slice(lo, hi) for lo, hi in itertools.pairwise(bounds)]
-    with ThreadPoolExecutor(threads, thread_name_prefix="refimpl-matmul") as pool:
-        list(pool.map(lambda part: np.matmul(a[part], b[part], out=out[part]), parts))
-    return out
+    bounds = [batch * i // parts for i in range(parts + 1)]
+    return [slice(lo, hi) for lo, hi in itertools.pairwise(bounds)]
+
+
+def on_batch_slices(
+    work: Callable[[slice], None], batch: int, work_per_sample: int, threads: int | None = None
+) -> None:
+    """``work(rows)`` for slices ``rows`` covering the batch, one slice per thread.
+
+    One call ``work(slice(0, batch))`` when there is one thread or too little work to share
+    (``batch · work_per_sample`` below :data:`SPLIT_MIN_WORK`). The threads live only for the
+    call: starting two costs far less than the work worth splitting, and nothing outlives it.
+
+    >>> import numpy as np
+    >>> out = np.zeros(6)
+    >>> def double(rows):
+    ...     out[rows] = 2 * np.arange(6)[rows]
+    >>> on_batch_slices(double, 6, SPLIT_MIN_WORK, threads=2)
+    >>> out
+    array([ 0.,  2.,  4.,  6.,  8., 10.])
+    """
+    threads = num_threads() if threads is None else threads
+    if threads < 2 or batch < threads or batch * work_per_sample < SPLIT_MIN_WORK:
+        work(slice(0, batch))
+        return
+    with ThreadPoolExecutor(threads, thread_name_prefix="refimpl-batch") as pool:
+        list(pool.map(work, batch_slices(batch, threads)))  # list(): re-raises a thread's error

@@ -129,6 +129,20 @@ def combine_features(
     return np.concatenate([dense[:, None, :], sparse], axis=1), sizes  # (B, F+1, D)
 
 
+def prefixed(prefix: str, grads: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A child's parameter gradients under the child's name, as ``Layer.params`` keys them."""
+    return {f"{prefix}.{k}": v for k, v in grads.items()}
+
+
+def sub_params(params: Mapping[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
+    """The entries of ``params`` under ``prefix``, the prefix removed (a child's own keys).
+
+    >>> sub_params({"model.0.weight": 1, "model.1.weight": 2}, "model.0.")
+    {'weight': 1}
+    """
+    return {k[len(prefix) :]: v for k, v in params.items() if k.startswith(prefix)}
+
+
 class Layer:
     """Base class: parameters as a dict, state-dict loading, and the call convention.
 
@@ -230,4 +244,13 @@ def xavier_normal(rng: np.random.Generator, shape: tuple[int, ...], dtype) -> np
 def linear_uniform(rng: np.random.Generator, shape: tuple[int, ...], fan_in: int, dtype):
     """nn.Linear's default initialisation: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
     bound = 1.0 / np.sqrt(fan_in)
+    return rng.uniform(-bound, bound, size=shape).astype(dtype)
+
+
+def xavier_uniform(rng: np.random.Generator, shape: tuple[int, int], dtype) -> np.ndarray:
+    """torch.nn.init.xavier_uniform_ on a matrix: U(±√(6 / (fan_in + fan_out))).
+
+    fan_in = size(1), fan_out = size(0) (torch's rule for a 2-D tensor).
+    """
+    bound = np.sqrt(6.0 / (shape[0] + shape[1]))
     return rng.uniform(-bound, bound, size=shape).astype(dtype)

@@ -32,6 +32,7 @@ from typing import NamedTuple
 import numpy as np
 
 from refimpl.fast.crossnet import mixture_backward_fast, mixture_forward_fast
+from refimpl.fast.vector_crossnet import vector_backward_fast, vector_forward_fast
 from refimpl.layers.activations import Activation, get_activation, softmax
 from refimpl.layers.base import (
     Layer,
@@ -107,7 +108,7 @@ class _CrossNetBase(Layer):
 
 
 class CrossNet(_CrossNetBase):
-    """Full-rank cross network: ``x_{l+1} = x̂ ⊙ (W_l x_l + b_l) + x_l``.
+    """Full-rank cross network: ``x_{l+1} = x̂ ⊙ (x_l W_lᵀ + b_l) + x_l``, samples as rows.
 
     DCN-V2's cross layer (https://arxiv.org/abs/2008.13535), TorchRec's
     ``torchrec.modules.crossnet.CrossNet``.
@@ -205,7 +206,7 @@ class LowRankCache(NamedTuple):
 
 
 def low_rank_crossnet_forward(params, x_hat):
-    """``x_{l+1} = x̂ ⊙ (W_l (V_l x_l) + b_l) + x_l`` for l = 0 … L-1; ``(x_L, cache)``."""
+    """``x_{l+1} = x̂ ⊙ ((x_l V_lᵀ) W_lᵀ + b_l) + x_l`` for l = 0 … L-1; ``(x_L, cache)``."""
     xs, projections, crosses = [x_hat], [], []
     for l in range(num_layers_of(params)):
         projection = xs[l] @ params[f"V_kernels.{l}"].T  # v_l, (B, r)
@@ -233,7 +234,7 @@ def low_rank_crossnet_backward(params, d_out, cache: LowRankCache):
 
 
 class LowRankCrossNet(_CrossNetBase):
-    """Low-rank cross network: ``x_{l+1} = x̂ ⊙ (W_l (V_l x_l) + b_l) + x_l``.
+    """Low-rank cross network: ``x_{l+1} = x̂ ⊙ ((x_l V_lᵀ) W_lᵀ + b_l) + x_l`` (rows).
 
     DCN-V2's low-rank cross layer (https://arxiv.org/abs/2008.13535), TorchRec's
     ``torchrec.modules.crossnet.LowRankCrossNet`` (the cross net of the DLRM DCN example).
@@ -370,7 +371,7 @@ def vector_crossnet_backward(params, d_out, cache: VectorCache):
 
 
 class VectorCrossNet(_CrossNetBase):
-    """Vector cross network (DCN-V1): ``x_{l+1} = x̂ (x_lᵀ w_l) + b_l + x_l``.
+    """Vector cross network (DCN-V1): ``x_{l+1} = x̂ (x_l w_l) + b_l + x_l``, samples as rows.
 
     TorchRec's ``torchrec.modules.crossnet.VectorCrossNet``; DCN-V1
     (https://arxiv.org/abs/1708.05123), the rank-one special case of DCN-V2
@@ -428,7 +429,7 @@ class VectorCrossNet(_CrossNetBase):
         for l in range(self.num_layers):
             self._params[f"bias.{l}"] = np.zeros((n, 1), self.dtype)
 
-    def forward(self, x: np.ndarray) -> tuple[np.ndarray, VectorCache]:
+    def forward(self, x: np.ndarray):
         """
         Parameters
         ----------
@@ -437,24 +438,25 @@ class VectorCrossNet(_CrossNetBase):
         Returns
         -------
         out : ndarray, shape (B, N)
-        cache : VectorCache
+        cache : refimpl.fast.vector_crossnet.FastVectorCache (the numbers of
+            :func:`vector_crossnet_forward`, with no ``x_l`` formed)
         """
-        return vector_crossnet_forward(self._params, self._check_input(x))
+        return vector_forward_fast(self._params, self._check_input(x))
 
-    def backward(self, d_out: np.ndarray, cache: VectorCache) -> tuple[np.ndarray, dict]:
+    def backward(self, d_out: np.ndarray, cache) -> tuple[np.ndarray, dict]:
         """
         Parameters
         ----------
         d_out : ndarray, shape (B, N)
-        cache : VectorCache from ``forward``
+        cache : the cache from ``forward``
 
         Returns
         -------
         d_x : ndarray, shape (B, N)
         d_params : dict, keyed and shaped like ``params``
         """
-        self._check_d_out(d_out, cache.xs[0])
-        return vector_crossnet_backward(self._params, d_out, cache)
+        self._check_d_out(d_out, cache.x_hat)
+        return vector_backward_fast(self._params, d_out, cache)
 
 
 # ------------------------------------------------------------------- LowRankMixtureCrossNet
@@ -469,22 +471,22 @@ class MixtureCache(NamedTuple):
     mixes: tuple  # m_l = Σ_k p_lk c_lk, L arrays (B, N)
 
 
-def gate_rows(params) -> np.ndarray | None:
-    """The K gate rows ``gates.k.weight`` stacked, G (K, N); None when there are no gates."""
-    rows = [
+def stacked_gates(params) -> np.ndarray | None:
+    """The K gates ``gates.k.weight`` (1, N) stacked: Γ (K, N); None when there are none."""
+    gates = [
         params[f"gates.{k}.weight"] for k in range(len(params)) if f"gates.{k}.weight" in params
     ]
-    return np.concatenate(rows) if rows else None
+    return np.concatenate(gates) if gates else None
 
 
 def mixture_forward(params, x_hat, activation: str = "relu"):
     """The mixture in its textbook form, every expert's cross ``c_lk`` formed; ``(x_L, cache)``.
 
-    For l = 0 … L-1: ``x_{l+1} = x̂ ⊙ Σ_k p_lk (U_lk g(C_lk g(V_lk x_l)) + b_l) + x_l`` with
-    ``p_l = softmax(G x_l)`` (``p_l = 1`` when K = 1: no gates).
+    For l = 0 … L-1: ``x_{l+1} = x̂ ⊙ Σ_k p_lk (g(g(x_l V_lkᵀ) C_lkᵀ) U_lkᵀ + b_l) + x_l`` with
+    ``p_l = softmax(Γ x_l)`` (``p_l = 1`` when K = 1: no gates).
     """
     g = get_activation(activation).forward
-    gates = gate_rows(params)  # (K, N) or None
+    gates = stacked_gates(params)  # (K, N) or None
     xs, hs, h_tildes, crosses, probs, mixes = [x_hat], [], [], [], [], []
     for l in range(num_layers_of(params)):
         u, v, c = (params[f"{name}_kernels.{l}"] for name in "UVC")  # (K,N,r) (K,r,N) (K,r,r)
@@ -510,7 +512,7 @@ def mixture_backward(params, d_out, cache: MixtureCache, activation: str = "relu
     """``(d_input, d_params)`` for :func:`mixture_forward`, in the order of the Notes of
     :class:`LowRankMixtureCrossNet`."""
     derivative = get_activation(activation).derivative
-    gates = gate_rows(params)  # (K, N) or None
+    gates = stacked_gates(params)  # (K, N) or None
     x_hat = cache.xs[0]
     d_x, d_x_hat, d_params = d_out, np.zeros_like(x_hat), {}
     d_gates = None if gates is None else np.zeros_like(gates)  # (K, N)
@@ -543,9 +545,9 @@ class LowRankMixtureCrossNet(_CrossNetBase):
 
     DCN-V2 (https://arxiv.org/abs/2008.13535), TorchRec's
     ``torchrec.modules.crossnet.LowRankMixtureCrossNet``. Expert k of layer l is
-    ``x̂ ⊙ (U_lk g(C_lk g(V_lk x_l)) + b_l)``; the layer adds the softmax-weighted sum of its
-    experts to ``x_l``. The gate weights are one set shared by every layer. With K = 1 there is
-    no gate at all (TorchRec skips it): ``x_{l+1} = expert + x_l``.
+    ``x̂ ⊙ (g(g(x_l V_lkᵀ) C_lkᵀ) U_lkᵀ + b_l)``, samples as rows; the layer adds the
+    softmax-weighted sum of its experts to ``x_l``. The gates are one set shared by every layer.
+    With K = 1 there is no gate at all (TorchRec skips it): ``x_{l+1} = expert + x_l``.
 
     Parameters
     ----------
@@ -574,15 +576,15 @@ class LowRankMixtureCrossNet(_CrossNetBase):
 
     Notes
     -----
-    Forward, for l = 0 … L-1, with samples as rows and all K experts at once (G stacks the K
-    gate rows, (K, N))::
+    Forward, for l = 0 … L-1, with samples as rows and all K experts at once (Γ stacks the K
+    gates, (K, N))::
 
         a_lk    = x_l V_lkᵀ                         (K, B, r)
         h_lk    = g(a_lk)                           (K, B, r)
         e_lk    = h_lk C_lkᵀ                        (K, B, r)
         h̃_lk    = g(e_lk)                           (K, B, r)
         c_lk    = h̃_lk U_lkᵀ + b_lᵀ                 (K, B, N)
-        p_l     = softmax_k(x_l Gᵀ)                 (B, K)    (p_l = 1 when K = 1)
+        p_l     = softmax_k(x_l Γᵀ)                 (B, K)    (p_l = 1 when K = 1)
         m_l     = Σ_k p_lk c_lk                     (B, N)
         x_{l+1} = x̂ ⊙ m_l + x_l                     (B, N)    = Σ_k p_lk expert_lk + x_l
 
@@ -599,8 +601,8 @@ class LowRankMixtureCrossNet(_CrossNetBase):
         dV_lk   = da_lkᵀ x_l                        (K, r, N)
         dp_lk   = Σ_N c_lk ⊙ dm_l                   (B, K)
         dz_l    = p_l ⊙ (dp_l − Σ_k p_lk dp_lk)     (B, K)    softmax backward (K > 1)
-        dG     += dz_lᵀ x_l                         (K, N)    summed over layers: shared
-        dx_l    = dx_{l+1} + Σ_k da_lk V_lk + dz_l G   (B, N)
+        dΓ     += dz_lᵀ x_l                         (K, N)    summed over layers: shared
+        dx_l    = dx_{l+1} + Σ_k da_lk V_lk + dz_l Γ   (B, N)
 
     and ``d_input = dx_0 + dx̂`` (:func:`mixture_forward`, :func:`mixture_backward`). ``g'``
     is read from g's output (see :mod:`refimpl.layers.activations`), so the pre-activations
@@ -697,6 +699,8 @@ class LowRankMixtureCrossNet(_CrossNetBase):
         if not self._activation.kinked:
             return float("inf")
         pre1, pre2 = self.pre_activations(x)  # (L, K, B, r) each
+        if pre1.size == 0:  # an empty batch
+            return float("inf")
         live = np.any(pre1 > 0, axis=-1, keepdims=True)  # g(a) not all zero, (L, K, B, 1)
         distances = [np.abs(pre1).min()]
         if live.any():

@@ -9,13 +9,49 @@ from typing import NamedTuple
 
 import numpy as np
 
-from refimpl.layers.base import Layer, check_array, check_positive_int, combine_features
+from refimpl.layers.base import (
+    Layer,
+    check_array,
+    check_positive_int,
+    combine_features,
+    prefixed,
+)
 from refimpl.layers.crossnet import _CrossNetBase
 
 
 class DCNCache(NamedTuple):
     crossnet: tuple | None  # the cross network's cache; None when F = 0 (passthrough)
     shape: tuple[int, int, int]  # (B, F+1, D), to fold d_x back into dense and sparse
+
+
+def dcn_forward(dense, sparse, crossnet):
+    """The DCN interaction's textbook forward: ``crossnet([dense; sparse] flattened)``.
+
+    ``crossnet`` is the cross network's forward, ``x (B, N) -> (out, cache)`` (a layer's
+    ``forward``, or e.g. :func:`~refimpl.layers.crossnet.low_rank_crossnet_forward` over its
+    parameters). Returns ``(out (B, N), DCNCache)``; float and exact arrays alike.
+
+    >>> square = lambda x: (x * x, x)
+    >>> dcn_forward(np.array([[1.0, 2.0]]), np.array([[[3.0, 4.0]]]), square)[0]
+    array([[ 1.,  4.,  9., 16.]])
+    """
+    batch, num_features, dim = sparse.shape
+    combined = np.concatenate([dense[:, None, :], sparse], axis=1)  # (B, F+1, D)
+    out, crossnet_cache = crossnet(combined.reshape(batch, (num_features + 1) * dim))  # (B, N)
+    return out, DCNCache(crossnet_cache, combined.shape)
+
+
+def dcn_backward(d_out, cache: DCNCache, crossnet):
+    """``(d_dense, d_sparse, d_crossnet)`` of :func:`dcn_forward`.
+
+    ``crossnet`` is the cross network's backward, ``(d_out, cache) -> (d_x, d_params)``. The
+    reshape and the concatenation only move numbers, so their backward moves the gradient
+    back: row 0 of ``d_x.reshape(B, F+1, D)`` to dense, the others to sparse.
+    """
+    crossnet_cache, (batch, num_vectors, dim) = cache  # (B, F+1, D)
+    d_flat, d_crossnet = crossnet(d_out, crossnet_cache)  # (B, N)
+    d_combined = d_flat.reshape(batch, num_vectors, dim)  # (B, F+1, D)
+    return d_combined[:, 0].copy(), d_combined[:, 1:].copy(), d_crossnet
 
 
 class InteractionDCNArch(Layer):
@@ -107,9 +143,12 @@ class InteractionDCNArch(Layer):
         combined = self._combine(dense, sparse)  # (B, F+1, D)
         if self.num_sparse_features == 0:  # TorchRec returns dense itself; a copy never aliases
             return dense.copy(), DCNCache(None, combined.shape)
-        batch = combined.shape[0]
-        out, crossnet_cache = self.crossnet.forward(combined.reshape(batch, -1))  # (B, N)
-        return out, DCNCache(crossnet_cache, combined.shape)
+        if len(dense) == 0:
+            raise ValueError(
+                "dense: expected B >= 1 samples, got B = 0 (TorchRec's InteractionDCNArch "
+                "fails on an empty batch too: its reshape(B, -1) cannot infer -1 from no numbers)"
+            )
+        return dcn_forward(dense, sparse, self.crossnet.forward)
 
     def backward(self, d_out: np.ndarray, cache: DCNCache):
         """
@@ -124,18 +163,17 @@ class InteractionDCNArch(Layer):
         d_sparse : ndarray, shape (B, F, D)
         d_params : dict, keyed and shaped like ``params``
         """
-        crossnet_cache, (batch, rows, dim) = cache
-        check_array("d_out", d_out, "B N", {"B": batch, "N": rows * dim}, self.dtype)
+        crossnet_cache, (batch, num_vectors, dim) = cache  # (B, F+1, D)
+        check_array("d_out", d_out, "B N", {"B": batch, "N": num_vectors * dim}, self.dtype)
         if crossnet_cache is None:  # F = 0: the cross network was never applied
             return d_out.copy(), np.zeros((batch, 0, dim), self.dtype), self.zero_param_grads()
-        d_flat, d_crossnet = self.crossnet.backward(d_out, crossnet_cache)  # (B, N)
-        d_combined = d_flat.reshape(batch, rows, dim)  # (B, F+1, D)
-        d_params = {f"crossnet.{k}": v for k, v in d_crossnet.items()}
-        return d_combined[:, 0].copy(), d_combined[:, 1:].copy(), d_params
+        d_dense, d_sparse, d_crossnet = dcn_backward(d_out, cache, self.crossnet.backward)
+        return d_dense, d_sparse, prefixed("crossnet", d_crossnet)
 
     def kink_distance(self, dense: np.ndarray, sparse: np.ndarray) -> float:
         """The cross network's distance to a ReLU kink on these inputs (inf when F = 0)."""
         combined = self._combine(dense, sparse)  # (B, F+1, D)
         if self.num_sparse_features == 0:
             return float("inf")
-        return self.crossnet.kink_distance(combined.reshape(combined.shape[0], -1))
+        batch, num_vectors, dim = combined.shape  # (B, F+1, D)
+        return self.crossnet.kink_distance(combined.reshape(batch, num_vectors * dim))

@@ -38,11 +38,11 @@ def pair_indices(
     """
     if pair_order not in PAIR_ORDERS:
         raise ValueError(f"pair_order: expected one of {PAIR_ORDERS}, got {pair_order!r}")
-    n = num_sparse_features + 1
+    num_vectors = num_sparse_features + 1  # F+1: the dense vector and the F sparse ones
     offset = 0 if self_interaction else 1
     if pair_order == "triu":
-        return np.triu_indices(n, k=offset)
-    return np.tril_indices(n, k=-offset)
+        return np.triu_indices(num_vectors, k=offset)
+    return np.tril_indices(num_vectors, k=-offset)
 
 
 class DotCache(NamedTuple):
@@ -79,8 +79,8 @@ class InteractionArch(Layer):
 
     For speed the layer reads the pairs from ``C Sᵀ`` (a plain matrix product per sample)
     rather than ``C Cᵀ`` (which NumPy hands to the slower syrk), gathers ``G + Gᵀ`` into one
-    array instead of scattering ``G`` and adding its transpose, and multiplies the stacks of
-    per-sample matrices on all cores (:func:`stacked_matmul`). :func:`interaction_plain`
+    array instead of scattering ``G`` and adding its transpose, and splits the batch over all
+    cores (:mod:`refimpl.fast.dot`). :func:`interaction_plain`
     and :func:`interaction_plain_backward` keep the textbook forms above; the tests check that
     the layer gives the same numbers.
 
@@ -142,7 +142,7 @@ class InteractionArch(Layer):
         combined, _ = combine_features(dense, sparse, self.num_sparse_features)  # (B, F+1, D)
         if self.num_sparse_features == 0:  # TorchRec returns dense itself; a copy is safer
             return dense.copy(), DotCache(combined)
-        return dot_forward(dense, sparse, combined, self._fast_indices), DotCache(combined)
+        return dot_forward(dense, combined, self._fast_indices), DotCache(combined)
 
     def backward(self, d_out: np.ndarray, cache: DotCache):
         """
@@ -199,8 +199,8 @@ def dot_interaction_backward(
     >>> d_dense                                     # 1 + s0 + s1
     array([[ 9., 12.]])
     """
-    batch, n, dim = combined.shape
-    d_gram = np.zeros((batch, n, n), combined.dtype)  # G, (B, F+1, F+1)
+    batch, num_vectors, dim = combined.shape  # (B, F+1, D)
+    d_gram = np.zeros((batch, num_vectors, num_vectors), combined.dtype)  # G, (B, F+1, F+1)
     d_gram[:, rows, cols] = d_out[:, dim:]
     d_combined = (d_gram + d_gram.transpose(0, 2, 1)) @ combined  # (B, F+1, D)
     d_dense = d_out[:, :dim] + d_combined[:, 0]  # (B, D)

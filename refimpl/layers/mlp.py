@@ -11,13 +11,21 @@ Letters: B batch, I input features, O output features.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
 import numpy as np
 
-from refimpl.layers.activations import Activation, get_activation
-from refimpl.layers.base import Layer, as_rng, check_array, check_positive_int, linear_uniform
+from refimpl.layers.activations import get_activation
+from refimpl.layers.base import (
+    Layer,
+    as_rng,
+    check_array,
+    check_positive_int,
+    linear_uniform,
+    prefixed,
+    sub_params,
+)
 
 
 def check_layer_sizes(name: str, layer_sizes) -> tuple[int, ...]:
@@ -38,13 +46,33 @@ def check_layer_sizes(name: str, layer_sizes) -> tuple[int, ...]:
     return tuple(check_positive_int(f"{name}[{i}]", s) for i, s in enumerate(sizes))
 
 
-def prefixed(prefix: str, grads: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """A child's parameter gradients under the child's name, as ``Layer.params`` keys them."""
-    return {f"{prefix}.{k}": v for k, v in grads.items()}
-
-
 class LinearCache(NamedTuple):
     input: np.ndarray  # x, (B, I)
+
+
+def linear_forward(params, x):
+    """``y = x Wᵀ + b`` over ``{"weight": (O, I), "bias": (O,)}`` (no ``"bias"``: no bias).
+
+    The textbook form of :class:`Linear`; returns ``(y, x)``: the input is all the backward
+    needs.
+
+    >>> linear_forward({"weight": np.array([[2.0, -1.0]]), "bias": np.array([0.5])},
+    ...                np.array([[1.0, 3.0]]))[0]
+    array([[-0.5]])
+    """
+    out = x @ params["weight"].T  # (B, O)
+    if "bias" in params:
+        out = out + params["bias"]  # b added to every row, (B, O)
+    return out, x
+
+
+def linear_backward(params, d_out, x):
+    """``(d_input, d_params)`` of :func:`linear_forward` (``x`` its input): ``dx = G W``,
+    ``dW = Gᵀ x``, ``db = Σ_batch G``."""
+    d_params = {"weight": d_out.T @ x}  # (O, I)
+    if "bias" in params:
+        d_params["bias"] = d_out.sum(axis=0)  # (O,)
+    return d_out @ params["weight"], d_params  # (B, I)
 
 
 class Linear(Layer):
@@ -118,9 +146,7 @@ class Linear(Layer):
         cache : LinearCache
         """
         check_array("input", input, "B I", {"I": self.in_features}, self.dtype)
-        out = input @ self._params["weight"].T  # (B, O)
-        if self.bias:
-            out += self._params["bias"]  # (B, O), b broadcast over the batch, in place
+        out, _ = linear_forward(self._params, input)
         return out, LinearCache(input)
 
     def backward(self, d_out: np.ndarray, cache: LinearCache):
@@ -136,19 +162,63 @@ class Linear(Layer):
         d_params : dict
             ``weight`` (O, I), and ``bias`` (O,) when the layer has one.
         """
-        (x,) = cache
-        sizes = {"B": x.shape[0], "O": self.out_features}
+        sizes = {"B": cache.input.shape[0], "O": self.out_features}
         check_array("d_out", d_out, "B O", sizes, self.dtype)
-        d_input = d_out @ self._params["weight"]  # (B, I)
-        d_params = {"weight": d_out.T @ x}  # (O, I)
-        if self.bias:
-            d_params["bias"] = d_out.sum(axis=0)  # (O,)
-        return d_input, d_params
+        return linear_backward(self._params, d_out, cache.input)
 
 
 class MLPCache(NamedTuple):
-    linears: tuple[LinearCache, ...]  # layer i's input x_i, (B, I_i); x_i = g(z_{i-1}) for i ≥ 1
+    inputs: tuple  # layer i's input x_i, (B, I_i); x_i = g(z_{i-1}) for i ≥ 1
     output: np.ndarray  # x_L = g(z_{L-1}), (B, O); with the inputs, every layer's g(z_i)
+    activations: tuple  # each layer's activation, by name (the last may be "identity")
+
+
+def mlp_forward(params, x, activation: str = "relu", activation_on_last: bool = True):
+    """``x_{i+1} = g(x_i W_iᵀ + b_i)`` over ``params`` keyed ``_mlp.i._linear.*``.
+
+    The textbook form of :class:`MLP`; returns ``(x_L, MLPCache)``: every layer's input and
+    the output (``g'`` is read from the outputs), and each layer's activation by name.
+
+    >>> params = {"_mlp.0._linear.weight": np.array([[1.0, -1.0]]),
+    ...           "_mlp.0._linear.bias": np.array([0.0])}
+    >>> mlp_forward(params, np.array([[3.0, 1.0], [1.0, 3.0]]))[0]
+    array([[2.],
+           [0.]])
+    """
+    num_layers = sum(k.endswith("._linear.weight") for k in params)
+    names = [get_activation(activation).name] * num_layers
+    if not activation_on_last:
+        names[-1] = "identity"
+    inputs = []
+    for i, name in enumerate(names):
+        inputs.append(x)
+        z, _ = linear_forward(sub_params(params, f"_mlp.{i}._linear."), x)  # z_i, (B, O_i)
+        x = get_activation(name).forward(z)  # x_{i+1} = g(z_i), (B, O_i); z_i is not kept
+    return x, MLPCache(tuple(inputs), x, tuple(names))
+
+
+def mlp_backward(params, d_out, cache: MLPCache):
+    """``(d_input, d_params)`` of :func:`mlp_forward`, layer by layer from the last:
+    ``dz_i = dx_{i+1} ⊙ g'(z_i)``, then the Linear's backward."""
+    inputs, output, names = cache
+    activated = (*inputs[1:], output)  # g(z_i) of each layer: the next input, or the output
+    d_params = {}
+    d_x = d_out  # dx_L, (B, O)
+    for i in reversed(range(len(inputs))):
+        d_z = d_x * get_activation(names[i]).derivative(activated[i])  # dz_i, (B, O_i)
+        linear = sub_params(params, f"_mlp.{i}._linear.")
+        d_x, d_linear = linear_backward(linear, d_z, inputs[i])  # dx_i, (B, I_i)
+        d_params.update(prefixed(f"_mlp.{i}._linear", d_linear))
+    return d_x, {k: d_params[k] for k in params}
+
+
+def mlp_pre_activations(params, cache: MLPCache) -> list[np.ndarray]:
+    """Every layer's ``z_i = x_i W_iᵀ + b_i`` (B, O_i), recomputed from the inputs the cache
+    keeps (ReLU's kinks are where some ``z`` is 0)."""
+    return [
+        linear_forward(sub_params(params, f"_mlp.{i}._linear."), x)[0]
+        for i, x in enumerate(cache.inputs)
+    ]
 
 
 class MLP(Layer):
@@ -163,10 +233,10 @@ class MLP(Layer):
         The output size of each layer; O = ``layer_sizes[-1]``.
     bias : bool
         Each Linear learns a bias; default True.
-    activation : {"relu", "tanh", "identity"}
-        By name, where TorchRec takes a callable (its default ``torch.relu`` is ``"relu"``;
-        ``torch.tanh`` is ``"tanh"``; ``torch.nn.Identity()`` is ``"identity"``). TorchRec's
-        other names, ``"sigmoid"`` and ``"swish_layernorm"``, are not offered.
+    activation : str
+        A name in :data:`refimpl.layers.activations.ACTIVATIONS` (``"relu"``, ``"tanh"``,
+        ``"sigmoid"``, ``"identity"``), where TorchRec takes a callable or the names
+        ``"relu"``, ``"sigmoid"`` and ``"swish_layernorm"`` (the last is not offered here).
     activation_on_last : bool
         Apply the activation after the last Linear too (TorchRec's default, True).
     seed : int or Generator, optional
@@ -234,12 +304,6 @@ class MLP(Layer):
         for i, (fan_in, size) in enumerate(zip(fan_ins, self.layer_sizes, strict=True)):
             linear = Linear(fan_in, size, self.bias, seed=rng, dtype=self.dtype)
             self._children[f"_mlp.{i}._linear"] = linear
-        last = len(self.layer_sizes) - 1
-        identity = get_activation("identity")
-        self._activations: tuple[Activation, ...] = tuple(
-            identity if i == last and not self.activation_on_last else act
-            for i in range(len(self.layer_sizes))
-        )
 
     @property
     def in_features(self) -> int:
@@ -248,11 +312,6 @@ class MLP(Layer):
     @property
     def out_features(self) -> int:
         return self.layer_sizes[-1]
-
-    @property
-    def linears(self) -> list[Linear]:
-        """The Linear of each layer, in order."""
-        return [self._children[f"_mlp.{i}._linear"] for i in range(len(self.layer_sizes))]
 
     def _config(self) -> str:
         extra = "" if self.bias else ", bias=False"
@@ -272,13 +331,7 @@ class MLP(Layer):
         cache : MLPCache
         """
         check_array("input", input, "B I", {"I": self.in_features}, self.dtype)
-        x = input  # x_0, (B, I)
-        linears = []
-        for linear, act in zip(self.linears, self._activations, strict=True):
-            z, linear_cache = linear.forward(x)  # z_i, (B, O_i)
-            x = act.forward(z)  # x_{i+1}, (B, O_i); z_i is dropped: g' reads g(z_i)
-            linears.append(linear_cache)
-        return x, MLPCache(tuple(linears), x)
+        return mlp_forward(self.params, input, self.activation, self.activation_on_last)
 
     def backward(self, d_out: np.ndarray, cache: MLPCache):
         """
@@ -292,36 +345,38 @@ class MLP(Layer):
         d_input : ndarray, shape (B, I)
         d_params : dict keyed like ``params``
         """
-        linears, output = cache
-        sizes = {"B": output.shape[0], "O": self.out_features}
+        sizes = {"B": cache.output.shape[0], "O": self.out_features}
         check_array("d_out", d_out, "B O", sizes, self.dtype)
-        # g(z_i) of each layer: layer i+1's input, and the output for the last layer.
-        activated = (*(c.input for c in linears[1:]), output)
-        d_params = {}
-        dx = d_out  # dx_L, (B, O)
-        for i in reversed(range(len(self.layer_sizes))):
-            g_prime = self._activations[i].derivative(activated[i])  # g'(z_i), (B, O_i)
-            # dz_i = dx_{i+1} ⊙ g'(z_i): in place once dx_{i+1} is our own fresh array (every
-            # layer but the last, whose dx_L is the caller's d_out).
-            dz = dx * g_prime if dx is d_out else np.multiply(dx, g_prime, out=dx)  # (B, O_i)
-            dx, d_linear = self.linears[i].backward(dz, linears[i])  # dx_i, (B, I_i)
-            d_params.update(prefixed(f"_mlp.{i}._linear", d_linear))
-        return dx, {k: d_params[k] for k in self.params}
+        return mlp_backward(self.params, d_out, cache)
 
     def pre_activations(self, input: np.ndarray) -> list[np.ndarray]:
         """Every layer's ``z_i = x_i W_iᵀ + b_i`` (B, O_i), recomputed: the cache does not keep
         them, since backward reads ``g'`` from the activations' outputs."""
-        _, (linears, _) = self.forward(input)
-        return [linear.forward(c.input)[0] for linear, c in zip(self.linears, linears, strict=True)]
+        _, cache = self.forward(input)
+        return mlp_pre_activations(self.params, cache)
 
     def kink_distance(self, input: np.ndarray) -> float:
         """Smallest |z_i| over the layers whose activation has a kink (ReLU), else inf."""
+        _, cache = self.forward(input)
         distances = [
             float(np.min(np.abs(z)))
-            for z, act in zip(self.pre_activations(input), self._activations, strict=True)
-            if act.kinked and z.size
+            for z, name in zip(
+                mlp_pre_activations(self.params, cache), cache.activations, strict=True
+            )
+            if get_activation(name).kinked and z.size
         ]
         return min(distances, default=float("inf"))
+
+
+def dense_arch_forward(params, x):
+    """The textbook form of :class:`DenseArch`: the ReLU MLP under ``model.``."""
+    return mlp_forward(sub_params(params, "model."), x)
+
+
+def dense_arch_backward(params, d_out, cache: MLPCache):
+    """``(d_input, d_params)`` of :func:`dense_arch_forward`."""
+    d_x, d_model = mlp_backward(sub_params(params, "model."), d_out, cache)
+    return d_x, prefixed("model", d_model)
 
 
 class DenseArch(Layer):
@@ -391,7 +446,7 @@ class DenseArch(Layer):
         cache : MLPCache (the model's)
         """
         check_array("features", features, "B I", {"I": self.in_features}, self.dtype)
-        return self.model.forward(features)
+        return dense_arch_forward(self.params, features)
 
     def backward(self, d_out: np.ndarray, cache: MLPCache):
         """
@@ -405,8 +460,9 @@ class DenseArch(Layer):
         d_features : ndarray, shape (B, I)
         d_params : dict keyed like ``params``
         """
-        d_features, d_model = self.model.backward(d_out, cache)
-        return d_features, prefixed("model", d_model)
+        sizes = {"B": cache.output.shape[0], "O": self.out_features}
+        check_array("d_out", d_out, "B O", sizes, self.dtype)
+        return dense_arch_backward(self.params, d_out, cache)
 
     def kink_distance(self, features: np.ndarray) -> float:
         return self.model.kink_distance(features)
@@ -415,6 +471,23 @@ class DenseArch(Layer):
 class OverArchCache(NamedTuple):
     mlp: MLPCache  # model.0
     linear: LinearCache  # model.1
+
+
+def over_arch_forward(params, x):
+    """The textbook form of :class:`OverArch`: the ReLU MLP ``model.0``, then the Linear
+    ``model.1`` with no activation. Returns ``(logits, OverArchCache)``."""
+    hidden, mlp_cache = mlp_forward(sub_params(params, "model.0."), x)  # (B, layer_sizes[-2])
+    logits, _ = linear_forward(sub_params(params, "model.1."), hidden)  # (B, O)
+    return logits, OverArchCache(mlp_cache, LinearCache(hidden))
+
+
+def over_arch_backward(params, d_out, cache: OverArchCache):
+    """``(d_input, d_params)`` of :func:`over_arch_forward`: ``model.1``, then ``model.0``."""
+    mlp_cache, linear_cache = cache
+    d_hidden, d_linear = linear_backward(sub_params(params, "model.1."), d_out, linear_cache.input)
+    d_x, d_mlp = mlp_backward(sub_params(params, "model.0."), d_hidden, mlp_cache)
+    d_params = {**prefixed("model.0", d_mlp), **prefixed("model.1", d_linear)}
+    return d_x, {k: d_params[k] for k in params}
 
 
 class OverArch(Layer):
@@ -498,9 +571,7 @@ class OverArch(Layer):
         cache : OverArchCache
         """
         check_array("features", features, "B I", {"I": self.in_features}, self.dtype)
-        hidden, mlp_cache = self.mlp.forward(features)  # (B, layer_sizes[-2])
-        logits, linear_cache = self.linear.forward(hidden)  # (B, O)
-        return logits, OverArchCache(mlp_cache, linear_cache)
+        return over_arch_forward(self.params, features)
 
     def backward(self, d_out: np.ndarray, cache: OverArchCache):
         """
@@ -514,80 +585,9 @@ class OverArch(Layer):
         d_features : ndarray, shape (B, I)
         d_params : dict keyed like ``params``
         """
-        mlp_cache, linear_cache = cache
-        d_hidden, d_linear = self.linear.backward(d_out, linear_cache)  # (B, layer_sizes[-2])
-        d_features, d_mlp = self.mlp.backward(d_hidden, mlp_cache)  # (B, I)
-        return d_features, {**prefixed("model.0", d_mlp), **prefixed("model.1", d_linear)}
+        sizes = {"B": cache.linear.input.shape[0], "O": self.out_features}
+        check_array("d_out", d_out, "B O", sizes, self.dtype)
+        return over_arch_backward(self.params, d_out, cache)
 
     def kink_distance(self, features: np.ndarray) -> float:
         return self.mlp.kink_distance(features)  # the logits Linear has no kink
-
-
-# ------------------------------------------------------------------ textbook forms (exact too)
-
-
-def linear_forward(params, x):
-    """``y = x Wᵀ + b`` over ``params`` ``{"weight": (O, I), "bias": (O,) (optional)}``.
-
-    The textbook form of :class:`Linear`, on float and exact object arrays alike; returns
-    ``(y, cache)`` with the cache the input.
-
-    >>> linear_forward({"weight": np.array([[2.0, -1.0]]), "bias": np.array([0.5])},
-    ...                np.array([[1.0, 3.0]]))[0]
-    array([[-0.5]])
-    """
-    out = x @ params["weight"].T  # (B, O)
-    if "bias" in params:
-        out = out + params["bias"]  # (B, O)
-    return out, x
-
-
-def linear_backward(params, d_out, x):
-    """``(dx, d_params)`` of :func:`linear_forward`: ``dx = G W``, ``dW = Gᵀ x``, ``db = Σ_b G``."""
-    d_params = {"weight": d_out.T @ x}  # (O, I)
-    if "bias" in params:
-        d_params["bias"] = d_out.sum(axis=0)  # (O,)
-    return d_out @ params["weight"], d_params  # (B, I)
-
-
-def sub_params(params, prefix: str) -> dict:
-    """The entries of ``params`` under ``prefix``, the prefix removed (a child's own keys)."""
-    return {k[len(prefix) :]: v for k, v in params.items() if k.startswith(prefix)}
-
-
-def mlp_forward(params, x, activation: str = "relu", activation_on_last: bool = True):
-    """The textbook form of :class:`MLP` over ``params`` keyed ``_mlp.i._linear.*``.
-
-    ``x_{i+1} = g(x_i W_iᵀ + b_i)``; returns ``(x_L, cache)``, the cache every layer's input
-    and the output (``g'`` is read from the outputs).
-
-    >>> params = {"_mlp.0._linear.weight": np.array([[1.0, -1.0]]),
-    ...           "_mlp.0._linear.bias": np.array([0.0])}
-    >>> mlp_forward(params, np.array([[3.0, 1.0], [1.0, 3.0]]))[0]
-    array([[2.],
-           [0.]])
-    """
-    layers = sum(k.endswith("._linear.weight") for k in params)
-    acts = [get_activation(activation)] * layers
-    if not activation_on_last:
-        acts[-1] = get_activation("identity")
-    inputs = []
-    for i in range(layers):
-        inputs.append(x)
-        z, _ = linear_forward(sub_params(params, f"_mlp.{i}._linear."), x)  # z_i, (B, O_i)
-        x = acts[i].forward(z)  # x_{i+1}, (B, O_i)
-    return x, (tuple(inputs), x, tuple(acts))
-
-
-def mlp_backward(params, d_out, cache):
-    """``(d_input, d_params)`` of :func:`mlp_forward`, layer by layer from the last:
-    ``dz_i = dx_{i+1} ⊙ g'(z_i)``, then :func:`linear_backward`."""
-    inputs, output, acts = cache
-    activated = (*inputs[1:], output)  # g(z_i) of each layer
-    d_params = {}
-    dx = d_out
-    for i in reversed(range(len(inputs))):
-        dz = dx * acts[i].derivative(activated[i])  # (B, O_i)
-        dx, d_linear = linear_backward(sub_params(params, f"_mlp.{i}._linear."), dz, inputs[i])
-        d_params.update(prefixed(f"_mlp.{i}._linear", d_linear))
-    return dx, {k: d_params[k] for k in params}

@@ -11,10 +11,23 @@ from typing import NamedTuple
 
 import numpy as np
 
-from refimpl.layers.base import Layer, check_array, check_positive_int, combine_features
-from refimpl.layers.mlp import mlp_backward, mlp_forward, prefixed, sub_params
+from refimpl.layers.base import (
+    Layer,
+    check_array,
+    check_positive_int,
+    combine_features,
+    prefixed,
+)
 
 BRANCHES = ("interaction_branch1", "interaction_branch2")
+
+
+def _refuse_an_empty_batch(batch: int) -> None:
+    if batch == 0:
+        raise ValueError(
+            "dense: expected B >= 1 samples, got B = 0 (TorchRec's InteractionProjectionArch "
+            "fails on an empty batch too: its reshape(B, -1) cannot infer -1 from no numbers)"
+        )
 
 
 class ProjectionCache(NamedTuple):
@@ -33,8 +46,8 @@ class InteractionProjectionArch(Layer):
         F, the number of sparse (embedding) features. F = 0 returns ``dense`` unchanged and
         never calls the branches, as TorchRec does.
     interaction_branch1 : Layer
-        Maps (B, N) to (B, F1·D), N = (F+1)·D: a :class:`~refimpl.layers.mlp.DenseArch` in TorchRec's
-        DLRM (any refimpl layer with ``in_features`` and ``out_features`` will do).
+        Maps (B, N) to (B, F1·D), N = (F+1)·D: a :class:`~refimpl.layers.mlp.DenseArch` in
+        TorchRec's DLRM (any refimpl layer with ``in_features`` and ``out_features`` will do).
     interaction_branch2 : Layer
         Maps (B, N) to (B, D·F2).
 
@@ -99,7 +112,7 @@ class InteractionProjectionArch(Layer):
 
     def _check_branches(self, branches) -> tuple[int, tuple[int, int]]:
         """D and (F1, F2) from the branches' sizes, or a ValueError naming the branch."""
-        rows = self.num_sparse_features + 1  # F+1
+        num_vectors = self.num_sparse_features + 1  # F+1
         for name, branch in zip(BRANCHES, branches, strict=True):
             for attr in ("in_features", "out_features"):
                 if not isinstance(getattr(branch, attr, None), int):
@@ -110,19 +123,19 @@ class InteractionProjectionArch(Layer):
                 f"interaction_branch2: in_features {branches[1].in_features} differs from "
                 f"interaction_branch1's {n}; both read the same (F+1)·D values"
             )
-        if n % rows:
+        if n % num_vectors:
             raise ValueError(
                 f"interaction_branch1: in_features {n} is not (F+1)·D for any D with "
-                f"F = {self.num_sparse_features}: {n} is not a multiple of F+1 = {rows}"
+                f"F = {self.num_sparse_features}: {n} is not a multiple of F+1 = {num_vectors}"
             )
-        dim = n // rows  # D
+        dim = n // num_vectors  # D
         projected = []
         shapes = ("(B, F1, D)", "(B, D, F2)")
         for name, branch, shape in zip(BRANCHES, branches, shapes, strict=True):
             if branch.out_features % dim:
                 raise ValueError(
                     f"{name}: out_features {branch.out_features} is not a multiple of "
-                    f"D = {dim} (D = in_features / (F+1) = {n} / {rows}), so its output "
+                    f"D = {dim} (D = in_features / (F+1) = {n} / {num_vectors}), so its output "
                     f"cannot be reshaped to {shape}"
                 )
             projected.append(branch.out_features // dim)
@@ -177,20 +190,15 @@ class InteractionProjectionArch(Layer):
         out : ndarray, shape (B, D + F1·F2); a copy of ``dense`` when F = 0
         cache : ProjectionCache
         """
-        combined = self._combine(dense, sparse)  # C, (B, F+1, D)
+        self._combine(dense, sparse)  # validates: D must be the branches' D
         batch, dim = dense.shape
-        if not self.num_sparse_features:
+        if not self.num_sparse_features:  # TorchRec returns dense itself; a copy never aliases
             empty = np.zeros((batch, 0, dim), self.dtype)
             return dense.copy(), ProjectionCache(empty, empty, None, None)
-        f1, f2 = self.projected_dims
-        flat = combined.reshape(batch, -1)  # c, (B, N)
-        y_flat, cache1 = self.interaction_branch1.forward(flat)  # (B, F1·D)
-        z_flat, cache2 = self.interaction_branch2.forward(flat)  # (B, D·F2)
-        y = y_flat.reshape(batch, f1, dim)  # Y, (B, F1, D)
-        z = z_flat.reshape(batch, dim, f2)  # Z, (B, D, F2): a reshape, not a transpose
-        interactions = y @ z  # I, (B, F1, F2)
-        out = np.concatenate([dense, interactions.reshape(batch, -1)], axis=1)  # (B, D + F1·F2)
-        return out, ProjectionCache(y, z, cache1, cache2)
+        _refuse_an_empty_batch(batch)
+        return projection_forward(
+            dense, sparse, self.interaction_branch1.forward, self.interaction_branch2.forward
+        )
 
     def backward(self, d_out: np.ndarray, cache: ProjectionCache):
         """
@@ -205,23 +213,14 @@ class InteractionProjectionArch(Layer):
         d_sparse : ndarray, shape (B, F, D)
         d_params : dict keyed like ``params`` (zeros when F = 0: the branches are unused)
         """
-        y, z, cache1, cache2 = cache
-        batch, f1, dim = y.shape
+        batch, _, dim = cache.y.shape
         sizes = {"B": batch, "P": self.output_size(dim)}
         check_array("d_out", d_out, "B P", sizes, self.dtype)
         if not self.num_sparse_features:
             return d_out.copy(), np.zeros((batch, 0, dim), self.dtype), self.zero_param_grads()
-        f2 = z.shape[2]
-        d_interactions = d_out[:, dim:].reshape(batch, f1, f2)  # dI, (B, F1, F2)
-        dy = d_interactions @ z.transpose(0, 2, 1)  # dY = dI Zᵀ, (B, F1, D)
-        dz = y.transpose(0, 2, 1) @ d_interactions  # dZ = Yᵀ dI, (B, D, F2)
-        # Undo the reshapes: row-major order is the same both ways, so reshape back is exact.
-        d_flat1, d_params1 = self.interaction_branch1.backward(dy.reshape(batch, -1), cache1)
-        d_flat2, d_params2 = self.interaction_branch2.backward(dz.reshape(batch, -1), cache2)
-        d_flat = d_flat1 + d_flat2  # dc, (B, N): c feeds both branches
-        d_combined = d_flat.reshape(batch, -1, dim)  # dC, (B, F+1, D)
-        d_dense = d_out[:, :dim] + d_combined[:, 0]  # (B, D): passthrough + row 0 of C
-        d_sparse = d_combined[:, 1:].copy()  # (B, F, D)
+        d_dense, d_sparse, d_params1, d_params2 = projection_backward(
+            d_out, cache, self.interaction_branch1.backward, self.interaction_branch2.backward
+        )
         if self.interaction_branch1 is self.interaction_branch2:
             # One branch used twice (tied weights): both keys name the same arrays, whose
             # gradient is the sum of the two uses, as torch accumulates it.
@@ -237,46 +236,58 @@ class InteractionProjectionArch(Layer):
         combined = self._combine(dense, sparse)  # (B, F+1, D)
         if not self.num_sparse_features:
             return float("inf")
-        flat = combined.reshape(dense.shape[0], -1)  # (B, N)
+        batch, num_vectors, dim = combined.shape  # (B, F+1, D)
+        flat = combined.reshape(batch, num_vectors * dim)  # (B, N)
         return min(
             self.interaction_branch1.kink_distance(flat),
             self.interaction_branch2.kink_distance(flat),
         )
 
 
-def projection_forward(params, dense, sparse):
-    """The textbook form of :class:`InteractionProjectionArch` with DenseArch branches (keys
-    ``interaction_branch{1,2}.model._mlp.i._linear.*``), on float and exact arrays alike.
+def projection_forward(dense, sparse, branch1, branch2):
+    """The projection interaction's textbook forward; ``(out, ProjectionCache)``.
 
-    Returns ``(out, cache)``, out (B, D + F1·F2).
+    ``branch1`` and ``branch2`` are the two branches' forwards, ``c (B, N) -> (out, cache)``
+    (a :class:`~refimpl.layers.mlp.DenseArch`'s ``forward``, or
+    :func:`~refimpl.layers.mlp.dense_arch_forward` over its parameters). Runs on float and on
+    exact object arrays alike. Needs B ≥ 1 and F ≥ 1 (the layer handles the rest).
+
+    >>> identity = lambda c: (c, None)                # both branches return c itself
+    >>> out, _ = projection_forward(np.array([[1.0, 2.0]]), np.array([[[3.0, 4.0]]]),
+    ...                             identity, identity)
+    >>> out                       # dense, then Y Z with Y = [[1, 2], [3, 4]] = Z
+    array([[ 1.,  2.,  7., 10., 15., 22.]])
     """
-    batch, dim = dense.shape
+    batch, num_features, dim = sparse.shape
     combined = np.concatenate([dense[:, None, :], sparse], axis=1)  # C, (B, F+1, D)
-    flat = combined.reshape(batch, -1)  # c, (B, N)
-    y_flat, cache1 = mlp_forward(sub_params(params, "interaction_branch1.model."), flat)
-    z_flat, cache2 = mlp_forward(sub_params(params, "interaction_branch2.model."), flat)
-    y = y_flat.reshape(batch, -1, dim)  # Y, (B, F1, D)
-    z = z_flat.reshape(batch, dim, -1)  # Z, (B, D, F2): a reshape, not a transpose
+    flat = combined.reshape(batch, (num_features + 1) * dim)  # c, (B, N)
+    y_flat, cache1 = branch1(flat)  # (B, F1·D)
+    z_flat, cache2 = branch2(flat)  # (B, D·F2)
+    y = y_flat.reshape(batch, y_flat.shape[1] // dim, dim)  # Y, (B, F1, D)
+    z = z_flat.reshape(batch, dim, z_flat.shape[1] // dim)  # Z, (B, D, F2): not a transpose
     interactions = y @ z  # I, (B, F1, F2)
     out = np.concatenate([dense, interactions.reshape(batch, -1)], axis=1)  # (B, D + F1·F2)
-    return out, (y, z, cache1, cache2)
+    return out, ProjectionCache(y, z, cache1, cache2)
 
 
-def projection_backward(params, d_out, cache):
-    """``(d_dense, d_sparse, d_params)`` of :func:`projection_forward`: ``dY = dI Zᵀ``,
-    ``dZ = Yᵀ dI``, each branch's backward, their sum for ``dc``, then the passthrough."""
+def projection_backward(d_out, cache: ProjectionCache, branch1, branch2):
+    """``(d_dense, d_sparse, d_branch1, d_branch2)`` of :func:`projection_forward`.
+
+    ``branch1`` and ``branch2`` are the branches' backwards, ``(d_out, cache) -> (d_c,
+    d_params)``; ``d_branch1`` and ``d_branch2`` are their parameter gradients, unprefixed.
+    ``dY = dI Zᵀ``, ``dZ = Yᵀ dI``, the reshapes undone, and ``dc`` the sum of the two branch
+    gradients (both read ``c``).
+    """
     y, z, cache1, cache2 = cache
     batch, f1, dim = y.shape
-    d_interactions = d_out[:, dim:].reshape(batch, f1, -1)  # dI, (B, F1, F2)
-    dy = d_interactions @ z.transpose(0, 2, 1)  # (B, F1, D)
-    dz = y.transpose(0, 2, 1) @ d_interactions  # (B, D, F2)
-    params1 = sub_params(params, "interaction_branch1.model.")
-    params2 = sub_params(params, "interaction_branch2.model.")
-    d_flat1, d_params1 = mlp_backward(params1, dy.reshape(batch, -1), cache1)
-    d_flat2, d_params2 = mlp_backward(params2, dz.reshape(batch, -1), cache2)
-    d_combined = (d_flat1 + d_flat2).reshape(batch, -1, dim)  # dC, (B, F+1, D)
-    d_params = {
-        **prefixed("interaction_branch1.model", d_params1),
-        **prefixed("interaction_branch2.model", d_params2),
-    }
-    return d_out[:, :dim] + d_combined[:, 0], d_combined[:, 1:], d_params
+    f2 = z.shape[2]
+    d_interactions = d_out[:, dim:].reshape(batch, f1, f2)  # dI, (B, F1, F2)
+    d_y = d_interactions @ z.transpose(0, 2, 1)  # dY = dI Zᵀ, (B, F1, D)
+    d_z = y.transpose(0, 2, 1) @ d_interactions  # dZ = Yᵀ dI, (B, D, F2)
+    # Undo the reshapes: row-major order both ways, so reshaping back is exact.
+    d_flat1, d_branch1 = branch1(d_y.reshape(batch, f1 * dim), cache1)  # (B, N)
+    d_flat2, d_branch2 = branch2(d_z.reshape(batch, dim * f2), cache2)  # (B, N)
+    d_flat = d_flat1 + d_flat2  # dc: c feeds both branches, (B, N)
+    d_combined = d_flat.reshape(batch, d_flat.shape[1] // dim, dim)  # dC, (B, F+1, D)
+    d_dense = d_out[:, :dim] + d_combined[:, 0]  # passthrough + row 0 of C, (B, D)
+    return d_dense, d_combined[:, 1:].copy(), d_branch1, d_branch2

@@ -31,7 +31,14 @@ from typing import NamedTuple
 
 import numpy as np
 
-from refimpl.layers.base import Layer, as_rng, check_array, check_positive_int
+from refimpl.layers.base import (
+    Layer,
+    as_rng,
+    check_array,
+    check_positive_int,
+    prefixed,
+    sub_params,
+)
 from refimpl.layers.concat import (
     InteractionConcatArch,
     concat_interaction,
@@ -42,7 +49,7 @@ from refimpl.layers.crossnet import (
     low_rank_crossnet_backward,
     low_rank_crossnet_forward,
 )
-from refimpl.layers.dcn import InteractionDCNArch
+from refimpl.layers.dcn import InteractionDCNArch, dcn_backward, dcn_forward
 from refimpl.layers.dot import (
     InteractionArch,
     dot_interaction,
@@ -60,12 +67,10 @@ from refimpl.layers.mlp import (
     DenseArch,
     OverArch,
     check_layer_sizes,
-    linear_backward,
-    linear_forward,
-    mlp_backward,
-    mlp_forward,
-    prefixed,
-    sub_params,
+    dense_arch_backward,
+    dense_arch_forward,
+    over_arch_backward,
+    over_arch_forward,
 )
 from refimpl.layers.projection import (
     InteractionProjectionArch,
@@ -541,8 +546,8 @@ def dlrm_forward(params, dense_features, bags, spec: DLRMSpec):
     Runs on float and exact object arrays alike (the symbolic witness runs it on SymPy
     expressions). ``bags`` as :func:`model_bags`. Returns ``(logits (B, 1), cache)``.
     """
-    embedded_dense, dense_cache = mlp_forward(
-        sub_params(params, "dense_arch.model."), dense_features
+    embedded_dense, dense_cache = dense_arch_forward(
+        sub_params(params, "dense_arch."), dense_features
     )
     pooled, bag_caches = [], []
     for (key, pooling, _), (ids, lengths, weights) in zip(spec.features, bags, strict=True):
@@ -552,21 +557,26 @@ def dlrm_forward(params, dense_features, bags, spec: DLRMSpec):
     sparse = np.stack(pooled, axis=1)  # (B, F, D)
     inter_params = sub_params(params, "inter_arch.")
     if spec.kind == "DLRM_DCN":
-        combined = np.concatenate([embedded_dense[:, None, :], sparse], axis=1)  # (B, F+1, D)
         crossnet = sub_params(inter_params, "crossnet.")
-        interaction, inter_cache = low_rank_crossnet_forward(
-            crossnet, combined.reshape(len(sparse), -1)
+        interaction, inter_cache = dcn_forward(
+            embedded_dense, sparse, lambda x: low_rank_crossnet_forward(crossnet, x)
         )
     elif spec.kind == "DLRM_Projection":
-        interaction, inter_cache = projection_forward(inter_params, embedded_dense, sparse)
+        branch1 = sub_params(inter_params, "interaction_branch1.")
+        branch2 = sub_params(inter_params, "interaction_branch2.")
+        interaction, inter_cache = projection_forward(
+            embedded_dense,
+            sparse,
+            lambda flat: dense_arch_forward(branch1, flat),
+            lambda flat: dense_arch_forward(branch2, flat),
+        )
     elif spec.kind == "DLRM_Baseline":
         interaction, inter_cache = concat_interaction(embedded_dense, sparse)  # (B, (F+1)·D)
     else:
         rows, cols = pair_indices(len(spec.features))
         interaction, inter_cache = dot_interaction(embedded_dense, sparse, rows, cols)
-    hidden, over_cache = mlp_forward(sub_params(params, "over_arch.model.0."), interaction)
-    logits, logits_cache = linear_forward(sub_params(params, "over_arch.model.1."), hidden)
-    cache = (dense_cache, tuple(bag_caches), inter_cache, over_cache, logits_cache, sparse.shape)
+    logits, over_cache = over_arch_forward(sub_params(params, "over_arch."), interaction)
+    cache = (dense_cache, tuple(bag_caches), inter_cache, over_cache, sparse.shape)
     return logits, cache
 
 
@@ -577,25 +587,31 @@ def dlrm_backward(params, d_logits, cache, spec: DLRMSpec):
     dense arch for the dense half and, for the sparse half, each feature's bag; a table that
     serves several features sums their row-sparse gradients.
     """
-    dense_cache, bag_caches, inter_cache, over_cache, logits_cache, (batch, features, dim) = cache
-    d_hidden, d_logits_linear = linear_backward(
-        sub_params(params, "over_arch.model.1."), d_logits, logits_cache
-    )
-    d_interaction, d_over = mlp_backward(
-        sub_params(params, "over_arch.model.0."), d_hidden, over_cache
+    dense_cache, bag_caches, inter_cache, over_cache, (_, features, _) = cache
+    d_interaction, d_over = over_arch_backward(
+        sub_params(params, "over_arch."), d_logits, over_cache
     )
     inter_params = sub_params(params, "inter_arch.")
     d_inter = {}
     if spec.kind == "DLRM_DCN":
         crossnet = sub_params(inter_params, "crossnet.")
-        d_flat, d_crossnet = low_rank_crossnet_backward(crossnet, d_interaction, inter_cache)
-        d_combined = d_flat.reshape(batch, features + 1, dim)  # (B, F+1, D)
-        d_embedded_dense, d_sparse = d_combined[:, 0], d_combined[:, 1:]
+        d_embedded_dense, d_sparse, d_crossnet = dcn_backward(
+            d_interaction, inter_cache, lambda d, c: low_rank_crossnet_backward(crossnet, d, c)
+        )
         d_inter = prefixed("crossnet", d_crossnet)
     elif spec.kind == "DLRM_Projection":
-        d_embedded_dense, d_sparse, d_inter = projection_backward(
-            inter_params, d_interaction, inter_cache
+        branch1 = sub_params(inter_params, "interaction_branch1.")
+        branch2 = sub_params(inter_params, "interaction_branch2.")
+        d_embedded_dense, d_sparse, d_branch1, d_branch2 = projection_backward(
+            d_interaction,
+            inter_cache,
+            lambda d, cache: dense_arch_backward(branch1, d, cache),
+            lambda d, cache: dense_arch_backward(branch2, d, cache),
         )
+        d_inter = {
+            **prefixed("interaction_branch1", d_branch1),
+            **prefixed("interaction_branch2", d_branch2),
+        }
     elif spec.kind == "DLRM_Baseline":
         d_embedded_dense, d_sparse = concat_interaction_backward(d_interaction, inter_cache)
     else:
@@ -603,8 +619,8 @@ def dlrm_backward(params, d_logits, cache, spec: DLRMSpec):
         d_embedded_dense, d_sparse = dot_interaction_backward(
             d_interaction, inter_cache, rows, cols
         )
-    d_dense_features, d_dense = mlp_backward(
-        sub_params(params, "dense_arch.model."), d_embedded_dense, dense_cache
+    d_dense_features, d_dense = dense_arch_backward(
+        sub_params(params, "dense_arch."), d_embedded_dense, dense_cache
     )
     d_tables, d_weights = {}, []
     for f, ((key, _, num_rows), bag_cache) in enumerate(
@@ -622,10 +638,9 @@ def dlrm_backward(params, d_logits, cache, spec: DLRMSpec):
         d_tables[key] = d_table
     grads = {
         **d_tables,
-        **prefixed("dense_arch.model", d_dense),
+        **prefixed("dense_arch", d_dense),
         **prefixed("inter_arch", d_inter),
-        **prefixed("over_arch.model.0", d_over),
-        **prefixed("over_arch.model.1", d_logits_linear),
+        **prefixed("over_arch", d_over),
     }
     return (
         d_dense_features,

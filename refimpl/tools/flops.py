@@ -1,7 +1,7 @@
 """Analytic floating-point operation counts for every layer, forward and backward.
 
 ``python -m refimpl bench`` divides these counts by measured times to report GFLOP/s. They count
-the work the layer's formulas (DESIGN §4, and the backward written beside each layer) require,
+the work the layer's formulas (the textbook forward and backward beside each layer) require,
 not what a particular implementation happens to do: a layer that computes the whole of
 ``C Cᵀ`` to keep half of it does more arithmetic than it is credited with.
 
@@ -31,9 +31,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import NamedTuple
 
-# Per element: (forward, backward) FLOPs of an activation. ReLU and its mask are selections;
-# tanh is one op forward and d·(1 − a·a) = 3 backward; identity is free.
-ACTIVATION_FLOPS = {"relu": (0, 0), "tanh": (1, 3), "identity": (0, 0)}
+from refimpl.layers.activations import ACTIVATIONS, get_activation
+
+# Per element: (forward, backward) FLOPs of each activation, as the registry counts them.
+ACTIVATION_FLOPS = {name: act.flops for name, act in ACTIVATIONS.items()}
 
 
 class FlopCount(NamedTuple):
@@ -57,9 +58,7 @@ def matmul_flops(m: int, k: int, n: int) -> int:
 
 
 def _activation(name: str) -> tuple[int, int]:
-    if name not in ACTIVATION_FLOPS:
-        raise ValueError(f"activation: expected one of {sorted(ACTIVATION_FLOPS)}, got {name!r}")
-    return ACTIVATION_FLOPS[name]
+    return get_activation(name).flops
 
 
 def num_pairs(num_sparse_features: int, self_interaction: bool = False) -> int:
@@ -110,7 +109,7 @@ def low_rank_crossnet_flops(
 
 
 def vector_crossnet_flops(batch: int, in_features: int, num_layers: int) -> FlopCount:
-    """VectorCrossNet: ``x₊ = x₀ (x·w) + b + x``, w (N,).
+    """VectorCrossNet: ``x₊ = x₀ (x·w) + b + x``, w (N, 1).
 
     Forward per layer and sample: ``x·w`` 2N, ``x₀ s + b + x`` 3N. Backward per layer:
     ``ds = g·x₀`` 2N, ``g s`` into ``dx₀`` 2N, ``dx = g + ds w`` 2N per sample; ``dw = Σ_b ds x``
@@ -212,6 +211,98 @@ def projection_flops(
     return own + branch1 + branch2
 
 
+def fm_flops(batch: int, num_scalars: int, num_features: int = 0, pairs="scalars") -> FlopCount:
+    """FactorizationMachine over N scalars per sample (F features of D = N/F for "features").
+
+    ``"scalars"``: ``s = Σx`` N, ``Σx²`` 2N, ``½(s² − Σx²)`` 3; backward ``d·(s − x)`` 2N.
+    ``"features"``: ``s_d = Σ_i v_id`` N, ``Σ_d s_d²`` 2D, ``Σ v²`` 2N, then 2 (``−``, ``½``);
+    backward ``d·(s_d − v_id)`` 2N.
+    """
+    b, n = batch, num_scalars
+    if pairs == "scalars":
+        return FlopCount(b * (3 * n + 3), 2 * b * n)
+    d = n // num_features
+    return FlopCount(b * (3 * n + 2 * d + 2), 2 * b * n)
+
+
+def fm_interaction_flops(
+    batch: int, embedding_dim: int, fm_in_features: int, deep_fm_dimension: int, pairs="scalars"
+) -> FlopCount:
+    """FMInteractionArch: the deep branch ``relu(x Wᵀ + b)`` (N → DI) and the FM over the
+    F+1 = N/D features; backward adds the two branches' input gradients (N) and the dense
+    passthrough (D) per sample."""
+    b, n = batch, fm_in_features
+    deep = linear_flops(b, n, deep_fm_dimension, True, "relu")
+    fm = fm_flops(b, n, n // embedding_dim, pairs)
+    return deep + fm + FlopCount(0, b * (n + embedding_dim))
+
+
+def layer_norm_flops(tokens: int, width: int) -> FlopCount:
+    """LayerNorm over T rows of E: forward ``μ`` E+1, ``x − μ`` E, ``σ²`` 2E+1, ``+eps``, √, 1/
+    3, ``x̂`` E, ``γ ⊙ x̂ + β`` 2E: 7E+5 per row. Backward ``dx̂ = γ ⊙ dy`` E, its mean E+1,
+    ``mean(dx̂ ⊙ x̂)`` 2E+1, ``(dx̂ − · − x̂ ·)/σ`` 4E, ``dγ`` 2E, ``dβ`` E: 11E+2 per row."""
+    t, e = tokens, width
+    return FlopCount(t * (7 * e + 5), t * (11 * e + 2))
+
+
+def attention_flops(sequences: int, length: int, width: int, num_heads: int) -> FlopCount:
+    """Multi-head self-attention over N sequences of S tokens (T = N·S), E = H·h.
+
+    Forward per token: ``in_proj`` 6E² + 3E, ``out_proj`` 2E² + E; per sequence and head:
+    ``q kᵀ`` 2hS², ``/√h`` S², softmax (exp, Σ, ÷; the max shift is free) 3S², ``P v`` 2hS².
+    Backward per token: ``dc = d_out W_o`` and ``dW_o`` 4E², ``db_o`` E, ``[dq, dk, dv] W_in``
+    and ``dW_in`` 12E², ``db_in`` 3E, the two ``/√h`` on dq, dk 2E; per sequence and head:
+    ``dP = dc vᵀ`` and ``dv = Pᵀ dc`` 4hS², softmax backward (``P ⊙ dP``, Σ, ``−``, ``P ⊙``)
+    4S², ``dq = dZ k`` and ``dk = dZᵀ q`` 4hS².
+    """
+    n, s, e, heads = sequences, length, width, num_heads
+    t, h = n * s, e // num_heads
+    pairs = n * heads * s * s
+    return FlopCount(
+        t * (8 * e * e + 4 * e) + pairs * (4 * h + 4),
+        t * (16 * e * e + 6 * e) + pairs * (8 * h + 4),
+    )
+
+
+def encoder_layer_flops(
+    sequences: int, length: int, width: int, num_heads: int, dim_feedforward: int
+) -> FlopCount:
+    """torch's post-norm encoder layer: attention, two residuals (E each per token), two layer
+    norms, ``linear1`` (E → M) with ReLU and ``linear2`` (M → E). Backward adds the two
+    residual paths (E each per token) to the parts' own."""
+    t, e, m = sequences * length, width, dim_feedforward
+    residuals = FlopCount(2 * t * e, 2 * t * e)
+    return (
+        attention_flops(sequences, length, width, num_heads)
+        + layer_norm_flops(t, e)
+        + layer_norm_flops(t, e)
+        + linear_flops(t, e, m, True, "relu")
+        + linear_flops(t, m, e)
+        + residuals
+    )
+
+
+def transformer_interaction_flops(
+    batch: int,
+    num_sparse_features: int,
+    embedding_dim: int,
+    num_heads: int,
+    num_layers: int,
+    dim_feedforward: int = 2048,
+    attend_across: str = "features",
+) -> FlopCount:
+    """InteractionTransformerArch: L encoder layers over B sequences of F+1 tokens
+    (``"features"``) or F+1 sequences of B tokens (``"batch"``, TorchRec's; S² grows with
+    B²). F = 0 is a passthrough: nothing."""
+    if num_sparse_features == 0:
+        return FlopCount(0, 0)
+    n, s = batch, num_sparse_features + 1
+    if attend_across == "batch":
+        n, s = s, n
+    layer = encoder_layer_flops(n, s, embedding_dim, num_heads, dim_feedforward)
+    return FlopCount(num_layers * layer.forward, num_layers * layer.backward)
+
+
 def count_flops(layer, *inputs) -> FlopCount:
     """The :class:`FlopCount` of ``layer.forward(*inputs)`` and its backward.
 
@@ -271,6 +362,23 @@ def count_flops(layer, *inputs) -> FlopCount:
         return count_flops(layer.model, *inputs)
     if kind == "OverArch":
         return over_arch_flops(batch, layer.in_features, layer.layer_sizes)
+    if kind == "FMInteractionArch":
+        if not layer.sparse_feature_names:
+            return FlopCount(0, 0)
+        dim = inputs[0].shape[1]
+        return fm_interaction_flops(
+            batch, dim, layer.fm_in_features, layer.deep_fm_dimension, layer.fm_pairs
+        )
+    if kind == "InteractionTransformerArch":
+        return transformer_interaction_flops(
+            batch,
+            layer.num_sparse_features,
+            layer.embedding_dim,
+            layer.nhead,
+            layer.ntransformer_layers,
+            layer.dim_feedforward,
+            layer.attend_across,
+        )
     raise TypeError(f"count_flops: no FLOP count for {kind}")
 
 

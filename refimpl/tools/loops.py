@@ -11,6 +11,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from refimpl.layers.activations import get_activation
+
 KINDS = ("CrossNet", "LowRankCrossNet", "VectorCrossNet", "LowRankMixtureCrossNet")
 
 
@@ -64,7 +66,7 @@ def crossnet_loop(
     """
     if kind not in KINDS:
         raise ValueError(f"kind: expected one of {KINDS}, got {kind!r}")
-    g = {"relu": lambda z: max(z, 0.0), "tanh": math.tanh, "identity": lambda z: z}[activation]
+    g = get_activation(activation).scalar
     p = {k: np.asarray(v, dtype=np.float64).tolist() for k, v in params.items()}
     num_layers = sum(k.startswith("bias.") for k in params)
     num_gates = sum(k.startswith("gates.") for k in params)
@@ -97,24 +99,14 @@ def crossnet_loop(
                 if num_gates:
                     logits = [matvec(p[f"gates.{k}.weight"], xl)[0] for k in range(num_gates)]
                     top = max(logits)
-                    weights = [math.exp(z - top) for z in logits]
-                    total = sum(weights)
-                    weights = [w / total for w in weights]
+                    exps = [math.exp(z - top) for z in logits]
+                    probs = [e / sum(exps) for e in exps]
                 else:
-                    weights = [1.0]
-                mix = [
-                    sum(w * e[i] for w, e in zip(weights, experts, strict=True)) for i in range(n)
-                ]
+                    probs = [1.0]
+                mix = [sum(p * e[i] for p, e in zip(probs, experts, strict=True)) for i in range(n)]
                 xl = [mix[i] + xl[i] for i in range(n)]
         out.append(xl)
     return np.array(out, dtype=x.dtype)
-
-
-_SCALAR_ACTIVATIONS = {
-    "relu": lambda s: s if s > 0 else 0.0,
-    "tanh": math.tanh,
-    "identity": lambda s: s,
-}
 
 
 def mlp_loop(
@@ -139,7 +131,7 @@ def mlp_loop(
         x = [float(v) for v in input[b]]
         for i, (weight, bias) in enumerate(layers):
             last = i == len(layers) - 1
-            g = _SCALAR_ACTIVATIONS["identity" if last and not activation_on_last else activation]
+            g = get_activation("identity" if last and not activation_on_last else activation).scalar
             y = []
             for o in range(weight.shape[0]):
                 total = 0.0 if bias is None else float(bias[o])
@@ -200,6 +192,152 @@ def projection_loop(dense: np.ndarray, sparse: np.ndarray, branch1, branch2) -> 
                     values.append(total)
         out.append(values)
     return np.array(out, dtype=dense.dtype)
+
+
+def fm_loop(embeddings: Sequence[np.ndarray], pairs: str = "scalars") -> np.ndarray:
+    """The factorization machine by its definition: every pair, one product at a time, O(N²).
+
+    ``pairs="scalars"`` (TorchRec): all pairs of the scalars of each flattened row.
+    ``pairs="features"`` (the papers): all pairs of feature vectors, their dot products; a
+    (B, D) input is one feature, a (B, F_i, D) input F_i features.
+
+    >>> v = [np.array([[1.0, 2.0]]), np.array([[3.0, 4.0]])]
+    >>> fm_loop(v), fm_loop(v, "features")
+    (array([[35.]]), array([[11.]]))
+    """
+    batch = embeddings[0].shape[0]
+    out = []
+    for b in range(batch):
+        if pairs == "scalars":
+            items = [[float(s)] for e in embeddings for s in np.ravel(e[b])]
+        else:
+            items = []
+            for e in embeddings:
+                rows = [e[b]] if e.ndim == 2 else list(e[b])
+                items += [[float(s) for s in row] for row in rows]
+        total = 0.0
+        for i in range(len(items)):
+            for j in range(i + 1, len(items)):
+                for d in range(len(items[i])):
+                    total += items[i][d] * items[j][d]
+        out.append([total])
+    return np.array(out, dtype=embeddings[0].dtype)
+
+
+def fm_interaction_loop(
+    dense: np.ndarray,
+    sparse: Mapping[str, np.ndarray],
+    names: Sequence[str],
+    params: Mapping[str, np.ndarray],
+    pairs: str = "scalars",
+) -> np.ndarray:
+    """TorchRec's FMInteractionArch as loops: ``[dense, deep, fm]`` for each sample.
+
+    ``deep`` is ``relu(W x + b)`` over the flattened ``[dense, sparse[n] for n in names]``
+    (``params`` keyed like TorchRec's: ``deep_fm.dense_module.0.weight``/``.bias``).
+    """
+    embeddings = [dense] + [sparse[n] for n in names]
+    flat = np.concatenate(embeddings, axis=1)
+    weight, bias = params["deep_fm.dense_module.0.weight"], params["deep_fm.dense_module.0.bias"]
+    deep = mlp_loop(flat, [(weight, bias)], "relu")
+    fm = fm_loop(embeddings, pairs)
+    return np.concatenate([dense, deep, fm], axis=1)
+
+
+def layer_norm_loop(x: np.ndarray, weight, bias, eps: float) -> np.ndarray:
+    """Layer norm of every row (last axis), one number at a time.
+
+    >>> layer_norm_loop(np.array([[1.0, 3.0]]), np.ones(2), np.zeros(2), 0.0)
+    array([[-1.,  1.]])
+    """
+    rows = x.reshape(-1, x.shape[-1])
+    out = []
+    for row in rows:
+        values = [float(v) for v in row]
+        mean = sum(values) / len(values)
+        var = sum((v - mean) ** 2 for v in values) / len(values)
+        std = math.sqrt(var + eps)
+        scaled = zip(values, weight, bias, strict=True)
+        out.append([(v - mean) / std * float(w) + float(c) for v, w, c in scaled])
+    return np.array(out, dtype=x.dtype).reshape(x.shape)
+
+
+def attention_loop(x: np.ndarray, params: Mapping[str, np.ndarray], num_heads: int) -> np.ndarray:
+    """Multi-head self-attention as loops over sequences, heads, queries and keys.
+
+    ``x`` is (N, S, E): N sequences of S tokens; ``params`` has torch's keys
+    (``in_proj_weight``, ``in_proj_bias``, ``out_proj.weight``, ``out_proj.bias``).
+    """
+    n_seq, seq, e = x.shape
+    h = e // num_heads
+    w_in, b_in = params["in_proj_weight"], params["in_proj_bias"]
+    w_out, b_out = params["out_proj.weight"], params["out_proj.bias"]
+
+    def project(token, row):  # one entry of in_proj applied to one token
+        return float(b_in[row]) + sum(float(w_in[row, c]) * float(token[c]) for c in range(e))
+
+    out = np.zeros(x.shape, dtype=x.dtype)
+    for n in range(n_seq):
+        tokens = [x[n, s] for s in range(seq)]
+        q = [[project(t, r) for r in range(e)] for t in tokens]
+        k = [[project(t, e + r) for r in range(e)] for t in tokens]
+        v = [[project(t, 2 * e + r) for r in range(e)] for t in tokens]
+        context = [[0.0] * e for _ in range(seq)]
+        for head in range(num_heads):
+            cols = range(head * h, (head + 1) * h)
+            for i in range(seq):
+                scores = [sum(q[i][c] * k[j][c] for c in cols) / math.sqrt(h) for j in range(seq)]
+                top = max(scores)
+                weights = [math.exp(z - top) for z in scores]
+                total = sum(weights)
+                for c in cols:
+                    context[i][c] = sum(weights[j] / total * v[j][c] for j in range(seq))
+        for i in range(seq):
+            for r in range(e):
+                value = float(b_out[r]) + sum(float(w_out[r, c]) * context[i][c] for c in range(e))
+                out[n, i, r] = value
+    return out
+
+
+def encoder_layer_loop(
+    x: np.ndarray, params: Mapping[str, np.ndarray], num_heads: int, eps: float
+) -> np.ndarray:
+    """torch's post-norm ReLU encoder layer on (N, S, E), from the loops above."""
+    attention = {k[len("self_attn.") :]: v for k, v in params.items() if k.startswith("self_attn.")}
+    summed = x + attention_loop(x, attention, num_heads)
+    attended = layer_norm_loop(summed, params["norm1.weight"], params["norm1.bias"], eps)
+    rows = attended.reshape(-1, attended.shape[-1])
+    layers = [
+        (params["linear1.weight"], params["linear1.bias"]),
+        (params["linear2.weight"], params["linear2.bias"]),
+    ]
+    ff = mlp_loop(rows, layers, "relu", activation_on_last=False).reshape(attended.shape)
+    return layer_norm_loop(attended + ff, params["norm2.weight"], params["norm2.bias"], eps)
+
+
+def transformer_interaction_loop(
+    dense: np.ndarray,
+    sparse: np.ndarray,
+    params: Mapping[str, np.ndarray],
+    num_heads: int,
+    eps: float = 1e-5,
+    attend_across: str = "features",
+) -> np.ndarray:
+    """InteractionTransformerArch from the loops: per sample over its F+1 features
+    (``"features"``), or per feature over the B samples (``"batch"``, TorchRec's)."""
+    batch = dense.shape[0]
+    x = np.concatenate([dense[:, None, :], sparse], axis=1)  # (B, F+1, D)
+    if attend_across == "batch":
+        x = x.transpose(1, 0, 2)
+    i = 0
+    while f"interarch_TE.layers.{i}.norm1.weight" in params:
+        prefix = f"interarch_TE.layers.{i}."
+        layer = {k[len(prefix) :]: v for k, v in params.items() if k.startswith(prefix)}
+        x = encoder_layer_loop(x, layer, num_heads, eps)
+        i += 1
+    if attend_across == "batch":
+        x = x.transpose(1, 0, 2)
+    return x.reshape(batch, -1)
 
 
 def embedding_bag_loop(weight, ids, lengths, per_id_weights=None, pooling="sum") -> np.ndarray:

@@ -48,6 +48,17 @@ def compare_with_torch(
     dict
         ``"out"``, then one entry per input name, then one per parameter key.
     """
+    ours, theirs = paired_results(layer, module, inputs, seed)
+    return {name: rel_error(ours[name], theirs[name]) for name in ours}
+
+
+def paired_results(
+    layer: Layer, module, inputs: tuple[np.ndarray, ...], seed=0
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """refimpl's and TorchRec's output and gradients, as two dicts with the same keys.
+
+    What :func:`compare_with_torch` compares, for checks that need the arrays themselves.
+    """
     torch, _ = require_torchrec()
     module.double()
     module.zero_grad(set_to_none=True)  # a reused module must not accumulate old gradients
@@ -59,18 +70,19 @@ def compare_with_torch(
     torch_out.backward(torch.tensor(upstream))
     *d_inputs, d_params = layer.backward(upstream, cache)
 
-    errors = {"out": rel_error(out, torch_out.detach().numpy())}
+    ours, theirs = {"out": out}, {"out": torch_out.detach().numpy()}
     names = getattr(layer, "input_names", None) or [f"input {i}" for i in range(len(inputs))]
-    for name, ours, theirs in zip(names, d_inputs, torch_inputs, strict=True):
-        reference = theirs.grad.numpy() if theirs.grad is not None else np.zeros_like(ours)
-        errors[name] = rel_error(ours, reference)
+    for name, mine, tensor in zip(names, d_inputs, torch_inputs, strict=True):
+        ours[name] = mine
+        theirs[name] = tensor.grad.numpy() if tensor.grad is not None else np.zeros_like(mine)
     # remove_duplicate=False: a tensor shared by two submodules (tied branches) is listed under
     # both names, as refimpl's params are.
     torch_params = dict(module.named_parameters(remove_duplicate=False))
-    for key, ours in d_params.items():
-        theirs = torch_params[key].grad
-        errors[key] = rel_error(ours, np.zeros_like(ours) if theirs is None else theirs.numpy())
-    return errors
+    for key, mine in d_params.items():
+        grad = torch_params[key].grad
+        ours[key] = mine
+        theirs[key] = np.zeros_like(mine) if grad is None else grad.numpy()
+    return ours, theirs
 
 
 # ----------------------------------------------------------- embedding bags and whole models

@@ -1,9 +1,10 @@
 """``python -m refimpl check``: every available gradient witness for every layer, as a table.
 
 Each layer family lists its checks in ``refimpl/tools/check/cases/<family>.py`` (every module
-there is found and run): a :class:`Check` names the
-layer, a configuration, the witness (DESIGN §5) and a function that runs it and returns the
-worst relative error. A witness whose optional dependency is missing (SymPy for "symbolic",
+there is found and run, in the order of the lessons that teach them: each module's ``LESSON``):
+a :class:`Check` names the layer, a configuration, the witness (symbolic, finite differences,
+TorchRec parity or hand values) and a function that runs it and returns the worst relative
+error. A witness whose optional dependency is missing (SymPy for "symbolic",
 TorchRec for "parity") raises :class:`Unavailable` and is shown as skipped, not passed.
 """
 
@@ -55,10 +56,21 @@ class Outcome:
 
 
 def families() -> list[str]:
-    """The modules of :mod:`refimpl.tools.check.cases`, one per layer family, by name."""
+    """The modules of :mod:`refimpl.tools.check.cases`, one per layer family, in the order of
+    the lessons that teach them (each module's ``LESSON``, a notebook number; then by name).
+
+    >>> families()[:3]
+    ['embedding', 'dot', 'crossnet']
+    """
     from refimpl.tools.check import cases
 
-    return sorted(m.name for m in pkgutil.iter_modules(cases.__path__))
+    names = [m.name for m in pkgutil.iter_modules(cases.__path__)]
+
+    def lesson(name: str) -> tuple[int, str]:
+        module = importlib.import_module(f"refimpl.tools.check.cases.{name}")
+        return getattr(module, "LESSON", 99), name
+
+    return sorted(names, key=lesson)
 
 
 def all_checks(names: Iterable[str] | None = None) -> Iterator[Check]:

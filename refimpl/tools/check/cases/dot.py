@@ -10,6 +10,8 @@ from refimpl.layers.dot import InteractionArch
 from refimpl.tools.check import finite_difference_check, hand_check, parity_check, symbolic_check
 from refimpl.tools.loops import interaction_loop
 
+LESSON = 3  # the lesson that teaches it: 03_dot_interaction
+
 SHAPES = ((2, 2, 4), (3, 1, 3), (1, 5, 2), (2, 0, 3))  # (B, F, D); (2, 2, 4) is the seed's
 
 

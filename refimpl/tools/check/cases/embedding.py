@@ -18,6 +18,8 @@ from refimpl.tools.check import (
 from refimpl.tools.loops import bce_with_logits_loop, embedding_bag_grad_loop, embedding_bag_loop
 from refimpl.tools.parity import ParityUnavailable, require_torchrec
 
+LESSON = 2  # the lesson that teaches it: 02_embedding_bags
+
 # name -> (tables as (num_embeddings, D, name, features, pooling), is_weighted). Every
 # collection reads three features "f1", "f2", "f3"; t1 serves two of them.
 COLLECTIONS = {

@@ -10,6 +10,8 @@ from refimpl.tools.check.cases.embedding import build_collection, draw_features,
 from refimpl.tools.gradcheck import draw_away_from_kinks
 from refimpl.tools.loops import dlrm_loop
 
+LESSON = 10  # the whole models come after every layer's lesson
+
 DENSE_IN = 5  # I
 DENSE_SIZES = (6, 4)  # the last is D = 4
 OVER_SIZES = (7, 1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from refimpl.layers.activations import ACTIVATIONS, get_activation
 from refimpl.layers.base import as_rng
 from refimpl.layers.mlp import MLP, DenseArch, Linear, OverArch
 from refimpl.layers.projection import InteractionProjectionArch
@@ -11,8 +12,28 @@ from refimpl.tools.check import finite_difference_check, hand_check, parity_chec
 from refimpl.tools.gradcheck import draw_away_from_kinks
 from refimpl.tools.loops import mlp_layers, mlp_loop, projection_loop
 
-ACTIVATIONS = ("relu", "tanh", "identity")
+LESSON = 6  # the lesson that teaches it: 06_projection
+
 MLP_SIZES = ((4,), (4, 3), (4, 3, 2))  # 1–3 layers over in_features = 5
+
+# (kind, configuration) for the symbolic witness (see derivations.projection.spec); tiny, so
+# that SymPy stays fast: every activation of the registry once.
+SYMBOLIC = (
+    ("Linear", {"in_features": 3, "out_features": 2}),
+    ("Linear", {"in_features": 3, "out_features": 2, "bias": False}),
+    *(("MLP", {"layer_sizes": (2, 2), "activation": name}) for name in ACTIVATIONS),
+    ("DenseArch", {"layer_sizes": (2, 2)}),
+    ("OverArch", {"layer_sizes": (2, 1)}),
+    (
+        "InteractionProjectionArch",
+        {
+            "num_sparse_features": 1,
+            "embedding_dim": 2,
+            "branch1_layer_sizes": (4,),
+            "branch2_layer_sizes": (6,),
+        },
+    ),
+)
 
 # (B, F, D, branch1 layer sizes, branch2 layer sizes): the seed's D=128, F=26, [256], [512]
 # (F1 = 2, F2 = 4) scaled down to D=4, F=2, [8], [12] (F1 = 2, F2 = 3).
@@ -54,12 +75,11 @@ def torch_module_like(layer):
     if isinstance(layer, Linear):
         return torch.nn.Linear(layer.in_features, layer.out_features, bias=layer.bias)
     if isinstance(layer, MLP):
-        activation = {"relu": "relu", "tanh": torch.tanh, "identity": torch.nn.Identity()}
         return TorchMLP(
             layer.in_features,
             list(layer.layer_sizes),
             bias=layer.bias,
-            activation=activation[layer.activation],
+            activation=get_activation(layer.activation).torch_function(),
             activation_on_last=layer.activation_on_last,
         )
     if isinstance(layer, DenseArch):
@@ -157,6 +177,20 @@ def _hand_projection(batch, features, dim, sizes1, sizes2):
     return compute
 
 
+def _symbolic_label(kind, config) -> str:
+    if kind == "InteractionProjectionArch":
+        return _label(
+            2,
+            config["num_sparse_features"],
+            config["embedding_dim"],
+            config["branch1_layer_sizes"],
+            config["branch2_layer_sizes"],
+        )
+    if kind == "Linear":
+        return f"B=2 I=3 O=2{'' if config.get('bias', True) else ' no-bias'}"
+    return f"B=2 I=3 {list(config['layer_sizes'])} {config.get('activation', 'relu')}"
+
+
 def _symbolic(kind, **config):
     def witness():
         from derivations.projection import symbolic_witness
@@ -228,36 +262,5 @@ def checks():
         yield hand_check(layer, f"{config} linspace", _hand_projection(*shape))
         yield parity_check(layer, config, _projection_builder(*shape), torch_module_like)
 
-    for bias in (True, False):
-        yield symbolic_check(
-            "Linear",
-            "B=2 I=3 O=2" + ("" if bias else " no-bias"),
-            _symbolic("Linear", batch=2, in_features=3, out_features=2, bias=bias),
-        )
-    yield symbolic_check(
-        "MLP",
-        "B=2 I=3 [2, 2] tanh",
-        _symbolic("MLP", batch=2, in_features=3, layer_sizes=(2, 2), activation="tanh"),
-    )
-    yield symbolic_check(
-        "DenseArch",
-        "B=2 I=3 [2, 2]",
-        _symbolic("DenseArch", batch=2, in_features=3, layer_sizes=(2, 2)),
-    )
-    yield symbolic_check(
-        "OverArch",
-        "B=2 I=3 [2, 1]",
-        _symbolic("OverArch", batch=2, in_features=3, layer_sizes=(2, 1)),
-    )
-    yield symbolic_check(
-        layer,
-        "B=2 F=2 D=4 b1=[8] b2=[12]",
-        _symbolic(
-            layer,
-            batch=2,
-            num_sparse_features=2,
-            embedding_dim=4,
-            branch1_layer_sizes=(8,),
-            branch2_layer_sizes=(12,),
-        ),
-    )
+    for kind, config in SYMBOLIC:
+        yield symbolic_check(kind, _symbolic_label(kind, config), _symbolic(kind, **config))
