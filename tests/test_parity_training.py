@@ -153,17 +153,28 @@ def _tiny_run(out, model="dlrm", dtype="float64"):
 
 
 @pytest.mark.slow  # a whole (tiny) run, then its replay
-@pytest.mark.parametrize(("model", "dtype"), [("baseline", "float64"), ("dcn", "float32")])
-def test_a_whole_run_replayed_in_torchrec_agrees(tmp_path, model, dtype):
+@pytest.mark.parametrize("model", ["baseline", "dcn"])
+def test_a_whole_run_replayed_in_torchrec_agrees(tmp_path, model):
     from refimpl.tools.parity import replay_run_in_torchrec
 
-    data = _tiny_run(tmp_path, model, dtype)
+    data = _tiny_run(tmp_path, model)
     report = replay_run_in_torchrec(tmp_path, source=data)
     assert report["steps"] == 20 and report["samples"] == 1280 and len(report["epochs"]) == 2
     assert report["agree"], (report["worst_metric"], report["worst_parameter"])
-    bound = 1e-12 if dtype == "float64" else 1e-5
-    assert report["worst_metric"] < bound and report["worst_parameter"] < bound
+    assert report["worst_metric"] < 1e-12 and report["worst_parameter"] < 1e-12
     assert report["test"]["refimpl"]["auc"] == pytest.approx(report["test"]["torchrec"]["auc"])
+
+
+def test_the_replay_refuses_a_float32_run(tmp_path, capsys):
+    from refimpl.tools.parity import replay_run_in_torchrec
+    from refimpl.train.cli import main
+
+    data = _tiny_run(tmp_path / "run", dtype="float32")
+    with pytest.raises(TypeError, match="float64 only"):
+        replay_run_in_torchrec(tmp_path / "run", source=data)
+    assert main(["--torchrec-check", "--out", str(tmp_path / "new")]) == 2  # float32 default
+    assert "train with --dtype float64" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
 
 
 @pytest.mark.slow  # a whole (tiny) run, then its replay
