@@ -11,7 +11,8 @@ into rational numbers with no rounding. The table rows no id names must get exac
 
 Sizes: B = 2, F = 2 features with D = 2 (table t1 sums a bag holding one id twice; table t2
 takes the mean, with an empty bag), I = 2 dense features, DenseArch [2], OverArch [2, 1];
-the DCN model has one low-rank cross layer (r = 1), the projection model branches [2] and [2].
+the DCN model has one low-rank cross layer (r = 1), the projection model branches [2] and [2];
+the baseline's concatenation has no parameters of its own.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from derivations.proof import Proof, symbols
 from refimpl.models.dlrm import (
     DLRM,
     DLRM_DCN,
+    DLRM_Baseline,
     DLRM_Projection,
     DLRMSpec,
     dlrm_backward,
@@ -31,7 +33,7 @@ from refimpl.models.dlrm import (
     model_bags,
 )
 
-KINDS = ("DLRM", "DLRM_DCN", "DLRM_Projection")
+KINDS = ("DLRM", "DLRM_DCN", "DLRM_Projection", "DLRM_Baseline")
 BATCH, DENSE_IN = 2, 2
 
 
@@ -53,6 +55,8 @@ def tiny_model(kind: str):
         model = DLRM_DCN(*args, dcn_num_layers=1, dcn_low_rank_dim=1, seed=0)
     elif kind == "DLRM_Projection":
         model = DLRM_Projection(*args, [2], [2], seed=0)
+    elif kind == "DLRM_Baseline":
+        model = DLRM_Baseline(*args, seed=0)
     else:
         model = DLRM(*args, seed=0)
     # f1: [0, 0] (one id twice), [2]; f2: [] (empty), [1, 2]; rows 1 of t1, 0 and 3 of t2 unused

@@ -8,6 +8,7 @@ parameter gradients.
 
 from refimpl.layers.activations import ACTIVATIONS, get_activation
 from refimpl.layers.base import Layer
+from refimpl.layers.concat import InteractionConcatArch
 from refimpl.layers.crossnet import (
     CrossNet,
     LowRankCrossNet,
@@ -34,7 +35,7 @@ from refimpl.layers.transformer import (
     MultiheadAttention,
     TransformerEncoderLayer,
 )
-from refimpl.models.dlrm import DLRM, DLRM_DCN, DLRM_Projection
+from refimpl.models.dlrm import DLRM, DLRM_DCN, DLRM_Baseline, DLRM_Projection
 from refimpl.tools.gradcheck import GradCheckResult, draw_away_from_kinks, gradcheck, rel_error
 from refimpl.train import metrics, optim  # refimpl.optim.Adam, refimpl.metrics.auc, …
 
@@ -45,6 +46,7 @@ __all__ = [
     "MLP",
     "BCEWithLogitsLoss",
     "CrossNet",
+    "DLRM_Baseline",
     "DLRM_Projection",
     "DeepFM",
     "DenseArch",
@@ -54,6 +56,7 @@ __all__ = [
     "FactorizationMachine",
     "GradCheckResult",
     "InteractionArch",
+    "InteractionConcatArch",
     "InteractionDCNArch",
     "InteractionProjectionArch",
     "InteractionTransformerArch",

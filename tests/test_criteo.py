@@ -164,3 +164,45 @@ def test_bad_arguments(tmp_path):
         next(data.batches("train", 4))
     with pytest.raises(ValueError, match="split: expected one of"):
         next(data.batches("test", 4))
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_holdout_takes_the_last_lines_validation_first(tmp_path, gz):
+    lines = random_lines(23, seed=5)
+    if gz:
+        path = tmp_path / "train.txt.gz"
+        with gzip.open(path, "wt") as f:
+            f.write("\n".join(lines))  # no final line ending
+    else:
+        path = write(tmp_path / "train.txt", lines, end="\r\n")
+    data = CriteoTSV(path, 1000, holdout=7, chunk_rows=3)
+    assert data.splits == ("train", "validation", "test")
+    assert [data.num_samples(s) for s in data.splits] == [16, 4, 3]  # validation gets ⌈7/2⌉
+    whole = read_all(CriteoTSV(path, 1000), batch_size=5)
+    parts = [read_all(data, split, batch_size=5) for split in data.splits]
+    for column in (1, 2, 3):  # dense, ids, labels: the three splits are the file, in order
+        np.testing.assert_array_equal(np.concatenate([p[column] for p in parts]), whole[column])
+    _, shuffled, _, _ = read_all(data, "train", batch_size=5, shuffle_seed=2)
+    np.testing.assert_array_equal(np.sort(shuffled, axis=0), np.sort(parts[0][1], axis=0))
+    resumed = list(data.batches("test", 2, start=1))
+    np.testing.assert_array_equal(resumed[0].labels, parts[2][3][2:])
+
+
+def test_holdout_errors_name_the_line_of_the_file_and_the_problem(tmp_path):
+    lines = random_lines(12, seed=6)
+    lines[10] = "\t".join(["7", *lines[10].split("\t")[1:]])
+    path = write(tmp_path / "train.txt", lines)
+    data = CriteoTSV(path, 100, holdout=4, chunk_rows=2)
+    assert len(list(data.batches("train", 4))) == 2  # lines 1-8 are fine
+    with pytest.raises(ValueError, match=r"train\.txt, line 11, field 1: the label must be 0 or 1"):
+        list(data.batches("test", 4))  # the test split is lines 11 and 12
+    with pytest.raises(ValueError, match="12 lines; holding out 12 leaves none to train on"):
+        CriteoTSV(path, 100, holdout=12)
+    with pytest.raises(ValueError, match="expected 0 or at least 2 lines, got 1"):
+        CriteoTSV(path, 100, holdout=1)
+    with pytest.raises(ValueError, match="from a single training file"):
+        CriteoTSV({"train": path, "test": path}, 100, holdout=4)
+    with pytest.raises(FileNotFoundError, match=r"no Criteo file .*absent"):
+        CriteoTSV(tmp_path / "absent", 100, holdout=4)
+    with pytest.raises(TypeError, match="holdout: expected an integer"):
+        CriteoTSV(path, 100, holdout=0.1)

@@ -1,5 +1,5 @@
-"""The SymPy witness of the whole tiny DLRM, DLRM_DCN and DLRM_Projection, and that it catches
-a broken backward."""
+"""The SymPy witness of the whole tiny DLRM, DLRM_DCN, DLRM_Projection and DLRM_Baseline, and
+that it catches a broken backward."""
 
 import numpy as np
 import pytest

@@ -48,7 +48,7 @@ def train_both(model, batches, dense, embedding, **lrs):
     )
 
 
-@pytest.mark.slow  # 18 cases of 50 steps, about 8 s
+@pytest.mark.slow  # 24 cases of 50 steps, about 10 s
 @pytest.mark.parametrize("kind", MODELS)
 @pytest.mark.parametrize(("dense", "embedding"), PAIRS)
 def test_fifty_steps_equal_torchrec(kind, dense, embedding):
@@ -137,3 +137,74 @@ def test_a_checkpoint_loads_into_torchrec(tmp_path):
     ours = trainer.model(batch.dense, batch.sparse())
     np.testing.assert_allclose(ours, theirs.detach().numpy(), rtol=1e-5, atol=1e-6)
     assert any(key.startswith("optim.embedding.") for key in checkpoint.files)
+
+
+def _tiny_run(out, model="dlrm", dtype="float64"):
+    data = SyntheticCriteo(
+        [20, 30, 25], num_train=640, num_validation=128, num_test=128, seed=2, dtype=dtype
+    )
+    config = TrainConfig(
+        model=model, epochs=2, batch_size=64, embedding_dim=4, dense_arch_layer_sizes=[8, 4],
+        over_arch_layer_sizes=[8, 1], dcn_num_layers=1, dcn_low_rank_dim=2, dtype=dtype,
+        dense_lr=0.01, embedding_lr=0.1,
+    )  # fmt: skip
+    Trainer(config, out, source=data, log=lambda *_: None, plot=False).run(progress=False)
+    return data
+
+
+@pytest.mark.slow  # a whole (tiny) run, then its replay
+@pytest.mark.parametrize("model", ["baseline", "dcn"])
+def test_a_whole_run_replayed_in_torchrec_agrees(tmp_path, model):
+    from refimpl.tools.parity import replay_run_in_torchrec
+
+    data = _tiny_run(tmp_path, model)
+    report = replay_run_in_torchrec(tmp_path, source=data)
+    assert report["steps"] == 20 and report["samples"] == 1280 and len(report["epochs"]) == 2
+    assert report["agree"], (report["worst_metric"], report["worst_parameter"])
+    assert report["worst_metric"] < 1e-12 and report["worst_parameter"] < 1e-12
+    assert report["test"]["refimpl"]["auc"] == pytest.approx(report["test"]["torchrec"]["auc"])
+
+
+def test_the_replay_refuses_a_float32_run(tmp_path, capsys):
+    from refimpl.tools.parity import replay_run_in_torchrec
+    from refimpl.train.cli import main
+
+    data = _tiny_run(tmp_path / "run", dtype="float32")
+    with pytest.raises(TypeError, match="float64 only"):
+        replay_run_in_torchrec(tmp_path / "run", source=data)
+    assert main(["--torchrec-check", "--out", str(tmp_path / "new")]) == 2  # float32 default
+    assert "train with --dtype float64" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.slow  # a whole (tiny) run, then its replay
+def test_a_run_with_a_wrong_backward_disagrees_with_its_replay(tmp_path, monkeypatch):
+    from refimpl.layers import loss
+    from refimpl.tools.parity import replay_run_in_torchrec
+
+    original = loss.bce_with_logits_backward
+
+    def shifted(d_loss, cache):  # a stray 1e-3 in every logit's gradient (Adam and row-wise
+        return original(d_loss, cache) + 1e-3  # Adagrad would not notice a scale factor)
+
+    with monkeypatch.context() as patch:  # the run has the wrong backward, the replay not
+        patch.setattr(loss, "bce_with_logits_backward", shifted)
+        data = _tiny_run(tmp_path)
+    report = replay_run_in_torchrec(tmp_path, source=data)
+    assert not report["agree"] and report["worst_parameter"] > 1e-4
+
+
+@pytest.mark.slow  # a whole (tiny) run, then its replay
+def test_the_cli_replays_a_run_in_torchrec(tmp_path, capsys):
+    import json
+
+    from refimpl.train.cli import main
+
+    argv = ["--synthetic-tables", "3", "--synthetic-rows", "10", "--synthetic-train", "256"]
+    argv += ["--synthetic-eval", "128", "--embedding-dim", "4", "--dense-arch", "8,4"]
+    argv += ["--over-arch", "8,1", "--epochs", "1", "--batch-size", "64", "--dtype", "float64"]
+    assert main([*argv, "--out", str(tmp_path), "--no-progress", "--torchrec-check"]) == 0
+    out = capsys.readouterr().out
+    assert "TorchRec replay: 4 steps on the same batches" in out and "they agree" in out
+    report = json.loads((tmp_path / "torchrec_check.json").read_text())
+    assert report["agree"] and report["test"]["torchrec"]["auc"] > 0.5

@@ -73,7 +73,7 @@ def test_the_loss_falls_on_a_small_run(tmp_path):
     assert records[-1]["validation"]["ne"] < 0.95  # better than knowing the click rate only
 
 
-@pytest.mark.parametrize("model", ["dlrm", "dcn", "projection"])
+@pytest.mark.parametrize("model", ["dlrm", "dcn", "projection", "baseline"])
 def test_a_step_updates_every_parameter_group_and_returns_the_logits(model):
     data = tiny_data()
     config = tiny_config(model=model, dcn_num_layers=1, dcn_low_rank_dim=2).resolved()
@@ -172,6 +172,29 @@ class Hooked:
                     dense[0, 0] = np.nan
                     batch = batch._replace(dense=dense)
             yield batch
+
+
+class NoClicksInValidation(Hooked):
+    """The validation split with every label 0: its AUC and calibration are undefined."""
+
+    def __init__(self, source):
+        super().__init__(source, epoch_seed=None)
+
+    def batches(self, split, batch_size, shuffle_seed=None, start=0):
+        for batch in self.source.batches(split, batch_size, shuffle_seed, start):
+            yield batch._replace(labels=0 * batch.labels) if split == "validation" else batch
+
+
+def test_history_json_writes_an_undefined_metric_as_null_strict_json(tmp_path):
+    run(tmp_path, source=NoClicksInValidation(tiny_data()))
+
+    def refuse(constant):
+        raise ValueError(f"not JSON: {constant}")
+
+    history = json.loads((tmp_path / "history.json").read_text(), parse_constant=refuse)
+    validation = history["epochs"][-1]["validation"]
+    assert validation["auc"] is None and validation["calibration"] is None
+    assert validation["log_loss"] > 0 and history["test"]["auc"] > 0.5
 
 
 def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
@@ -298,14 +321,27 @@ def test_bad_configurations_are_refused_before_writing(tmp_path, changes, error,
 
 
 def test_the_cli_refuses_bad_input_with_status_2_and_writes_nothing(tmp_path, capsys):
+    from test_criteo import random_lines
+
     out = tmp_path / "run"
+    corrupt = tmp_path / "cache"
+    (corrupt / "movielens-100k").mkdir(parents=True)
+    (corrupt / "movielens-100k" / "ml-100k.zip").write_bytes(b"PK not the archive")
+    criteo = tmp_path / "train.txt"
+    criteo.write_text("\n".join(random_lines(60)) + "\n")
     cases = [
         (["--dense-lr", "0", "--out", str(out)], "dense_lr: expected a learning rate > 0"),
         (["--data", f"criteo:{tmp_path / 'absent.tsv'}", "--out", str(out)], "no Criteo file"),
         (["--data", "movielens-100k", "--data-dir", str(tmp_path), "--out", str(out)], "no Movie"),
         (["--stop-after", "0", "--out", str(out)], "--stop-after: expected an integer >= 1"),
         (["--resume", str(out)], "checkpoint: no file"),
-    ]
+        (["--data", "movielens-100k", "--data-dir", str(corrupt), "--out", str(out)],
+         "the cached copy is corrupt; fetch it with `python -m refimpl data movielens-100k`"),
+        (["--data", f"criteo:{criteo},{criteo}", "--criteo-holdout", "10", "--out", str(out)],
+         "criteo_holdout: holds out lines of a single file"),
+        (["--data", f"criteo:{criteo}", "--criteo-holdout", "60", "--out", str(out)],
+         "60 lines; holding out 60 leaves none to train on"),
+    ]  # fmt: skip
     for argv, message in cases:
         assert main(argv) == 2, argv
         assert message in capsys.readouterr().err, argv
@@ -343,3 +379,19 @@ def test_movielens_multi_hot_genres_train_through_the_loop(tmp_path):
     result = run(tmp_path / "run", config, data)
     assert result.status == "done" and len(result.history.epochs) == 3
     assert result.history.test is not None and result.history.bayes_auc is None
+
+
+def test_criteo_with_held_out_lines_trains_and_evaluates(tmp_path, capsys):
+    from test_criteo import random_lines
+
+    criteo = tmp_path / "train.txt"
+    criteo.write_text("\n".join(random_lines(300, seed=7)) + "\n")
+    argv = ["--data", f"criteo:{criteo}", "--criteo-holdout", "100", "--criteo-rows", "50"]
+    argv += ["--embedding-dim", "4", "--dense-arch", "8,4", "--over-arch", "8,1"]
+    argv += ["--epochs", "1", "--batch-size", "32", "--out", str(tmp_path / "run")]
+    assert main([*argv, "--no-progress"]) == 0
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert history["config"]["criteo_holdout"] == 100
+    assert history["epochs"][0]["samples"] == 200  # the lines before the last 100
+    assert set(history["test"]) == {"auc", "log_loss", "ne", "calibration", "accuracy"}
+    assert "test metrics:" in capsys.readouterr().out

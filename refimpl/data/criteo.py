@@ -30,6 +30,21 @@ fields, a label that is not 0 or 1, an integer feature that is not an integer or
 feature that is not hexadecimal (at most 16 digits) raises a ``ValueError`` naming the file
 and the line. Kaggle's ``test.txt`` has no labels (39 fields) and is refused for that reason.
 Files ending in ``.gz`` are decompressed on the fly.
+
+Held-out lines of one file
+--------------------------
+Kaggle's challenge ships one labelled file, ``train.txt``: 45,840,617 impressions from seven
+consecutive days, in time order. ``holdout=N`` makes validation and test splits out of its
+**last N lines** (the first ⌈N/2⌉ of them validation, the rest test) and trains on the lines
+before them. The last lines, not a hash of the line number: a hash would scatter the held-out
+lines over the whole week, so the model would be tested on the very days (the same campaigns,
+the same new ads) it trained on, and its score would promise more than a model that must
+predict tomorrow can deliver. It is facebookresearch/dlrm's split of that file without its
+shuffling: dlrm cuts the file into seven equal parts by line count, holds out the last
+(6,548,659 lines, so ``holdout=6548659`` gives the same lines) and halves it, validation first.
+The price is one pass over the file before training to count its lines (no parsing; a gzip
+file is decompressed for it), and each pass over a held-out split reads past the lines before
+it.
 """
 
 from __future__ import annotations
@@ -43,7 +58,7 @@ from pathlib import Path
 import numpy as np
 
 from refimpl.data.batch import Batch
-from refimpl.data.source import check_batches_args
+from refimpl.data.source import check_batches_args, check_start
 from refimpl.data.text import split_fields, to_int
 
 INT_FEATURES = 13
@@ -138,6 +153,19 @@ def _open(path: Path):
     return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
 
 
+def count_lines(path: str | os.PathLike) -> int:
+    """The number of lines of a text file (plain or .gz), a last line without an ending included.
+
+    Reads 1 MiB at a time and counts line feeds: no parsing, bounded memory.
+    """
+    count, last = 0, b"\n"
+    with _open(Path(path)) as f:
+        while piece := f.read(1 << 20):
+            count += piece.count(b"\n")
+            last = piece[-1:]
+    return count + (last != b"\n")
+
+
 class CriteoTSV:
     """Criteo-format TSV files as a stream of ``Batch``es (F = 26 keys, I = 13 dense features).
 
@@ -149,6 +177,9 @@ class CriteoTSV:
     num_embeddings : int or sequence of 26 ints
         Rows per categorical feature (dlrm's ``--max-ind-range``, the same for all 26 when an
         int).
+    holdout : int
+        0 (default), or N >= 2 with one file given: validation and test are its last N lines
+        (see the module docstring), training the lines before them.
     chunk_rows : int
         Lines parsed at a time; memory grows with this, not with the file.
     dtype : numpy float dtype
@@ -159,6 +190,15 @@ class CriteoTSV:
     >>> data = CriteoTSV({"train": "day_0.gz", "test": "day_23.gz"}, num_embeddings=100_000)
     >>> data.splits, data.keys[:2], data.num_embeddings[:2], data.dense_in_features
     (('train', 'test'), ('cat_0', 'cat_1'), (100000, 100000), 13)
+
+    A file of 50 lines, the last 10 held out:
+
+    >>> import pathlib, tempfile
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "train.txt"
+    >>> _ = path.write_text(("0" + "\\t" * 39 + "\\n") * 50)
+    >>> data = CriteoTSV(path, num_embeddings=10, holdout=10)
+    >>> [(split, data.num_samples(split)) for split in data.splits]
+    [('train', 40), ('validation', 5), ('test', 5)]
     """
 
     keys = KEYS
@@ -169,16 +209,20 @@ class CriteoTSV:
         files: str | os.PathLike | Mapping[str, str | os.PathLike | Sequence[str | os.PathLike]],
         num_embeddings: int | Sequence[int],
         *,
+        holdout: int = 0,
         chunk_rows: int = 65536,
         dtype=np.float64,
     ):
         if isinstance(files, str | os.PathLike):
             files = {"train": files}
+        # Each split reads whole files, or (holdout) a range of lines of one: (path, skip, take).
         self._files = {
-            split: [Path(paths)] if isinstance(paths, str | os.PathLike) else list(map(Path, paths))
+            split: [
+                (Path(p), 0, None)
+                for p in ([paths] if isinstance(paths, str | os.PathLike) else paths)
+            ]
             for split, paths in files.items()
         }
-        self.splits = tuple(self._files)
         rows = np.asarray(num_embeddings)
         if rows.ndim == 0:
             rows = np.full(CAT_FEATURES, rows)
@@ -196,11 +240,44 @@ class CriteoTSV:
         self.dtype = np.dtype(dtype)
         if not np.issubdtype(self.dtype, np.floating):
             raise TypeError(f"dtype must be a floating dtype, got {self.dtype}")
+        self._sizes = {}  # samples per split, where known (holdout)
+        if isinstance(holdout, bool) or not isinstance(holdout, int | np.integer):
+            raise TypeError(f"holdout: expected an integer (lines), got {holdout!r}")
+        if holdout:  # last: it reads the whole file, once the cheap checks have passed
+            self._hold_out(int(holdout))
+        self.splits = tuple(self._files)
 
-    def num_samples(self, split: str) -> None:
-        """None: a split's length is known only after reading all of its files."""
+    def _hold_out(self, holdout: int) -> None:
+        """Split the one training file into train, validation and test by its last lines."""
+        if list(self._files) != ["train"] or len(self._files["train"]) != 1:
+            given = {split: [str(p) for p, _, _ in v] for split, v in self._files.items()}
+            raise ValueError(
+                "holdout: takes validation and test lines from a single training file, but the "
+                f"splits are {given}"
+            )
+        if holdout < 2:
+            raise ValueError(f"holdout: expected 0 or at least 2 lines, got {holdout}")
+        path = self._files["train"][0][0]
+        if not path.is_file():
+            raise FileNotFoundError(f"no Criteo file {path}")
+        total = count_lines(path)
+        if holdout >= total:
+            raise ValueError(
+                f"holdout: {path} has {total} lines; holding out {holdout} leaves none to train on"
+            )
+        train, validation = total - holdout, -(-holdout // 2)
+        self._files = {
+            "train": [(path, 0, train)],
+            "validation": [(path, train, validation)],
+            "test": [(path, train + validation, holdout - validation)],
+        }
+        self._sizes = {"train": train, "validation": validation, "test": holdout - validation}
+
+    def num_samples(self, split: str) -> int | None:
+        """A held-out split's size; else None: a split's length is known only after reading
+        all of its files."""
         check_batches_args(self, split, 1)
-        return None
+        return self._sizes.get(split)
 
     def batches(
         self, split: str, batch_size: int, shuffle_seed: int | None = None, start: int = 0
@@ -213,6 +290,7 @@ class CriteoTSV:
         ``start`` skips that many batches: the chunks before them are read but not parsed.
         """
         check_batches_args(self, split, batch_size, shuffle_seed, start)
+        check_start(self, split, batch_size, start)
         rng = None if shuffle_seed is None else np.random.default_rng(shuffle_seed)
         skip = start * batch_size  # samples of the stream still to pass over
         dense, ids, labels = [], [], []  # parsed rows not yet in a batch
@@ -243,12 +321,16 @@ class CriteoTSV:
 
     def _chunks(self, split: str) -> Iterator[tuple[list[bytes], Path, int]]:
         """Each chunk's lines (without line endings), its file and its first line number."""
-        for path in self._files[split]:
+        for path, skip, take in self._files[split]:
             if not path.is_file():
                 raise FileNotFoundError(f"no Criteo file {path} (split {split!r})")
             with _open(path) as f:
-                first_line = 1
-                while lines := list(itertools.islice(f, self.chunk_rows)):
+                for _ in itertools.islice(f, skip):  # the lines before a held-out range
+                    pass
+                first_line = skip + 1
+                left = float("inf") if take is None else take
+                while left and (lines := list(itertools.islice(f, min(self.chunk_rows, left)))):
+                    left -= len(lines)
                     # One join and one split for the chunk, not a strip per line.
                     text = b"".join(lines).replace(b"\r\n", b"\n")
                     rows = text.split(b"\n")

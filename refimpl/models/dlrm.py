@@ -1,4 +1,4 @@
-"""DLRM as a whole: TorchRec's ``DLRM``, ``DLRM_DCN`` and ``DLRM_Projection``.
+"""DLRM as a whole: TorchRec's ``DLRM``, ``DLRM_DCN`` and ``DLRM_Projection``, and a baseline.
 
 Deep Learning Recommendation Model (Naumov et al. 2019, https://arxiv.org/abs/1906.00091), as
 ``torchrec.models.dlrm`` builds it. One sample has I dense features (counts, prices) and F
@@ -14,7 +14,10 @@ one logit per sample; ``σ(logit)`` is the predicted click probability, and the 
 :class:`~refimpl.layers.loss.BCEWithLogitsLoss`. The three models differ in the interaction
 only: the pairwise dot products (:class:`~refimpl.layers.dot.InteractionArch`), a low-rank
 cross network (:class:`~refimpl.layers.dcn.InteractionDCNArch`), or two projections and a
-product (:class:`~refimpl.layers.projection.InteractionProjectionArch`).
+product (:class:`~refimpl.layers.projection.InteractionProjectionArch`). :class:`DLRM_Baseline`
+has none: the F + 1 vectors go side by side into the top MLP
+(:class:`~refimpl.layers.concat.InteractionConcatArch`), the yardstick for what an interaction
+buys.
 
 The backward runs the same chain in reverse; the only new step is the last one, where the
 gradient of the pooled embeddings reaches the tables as row-sparse gradients
@@ -35,6 +38,11 @@ from refimpl.layers.base import (
     check_positive_int,
     prefixed,
     sub_params,
+)
+from refimpl.layers.concat import (
+    InteractionConcatArch,
+    concat_interaction,
+    concat_interaction_backward,
 )
 from refimpl.layers.crossnet import (
     LowRankCrossNet,
@@ -460,6 +468,41 @@ class DLRM_Projection(DLRM):
         )
 
 
+class DLRM_Baseline(DLRM):
+    """DLRM without an interaction: the yardstick for what an interaction buys.
+
+    Parameters
+    ----------
+    embedding_bag_collection, dense_in_features, dense_arch_layer_sizes, over_arch_layer_sizes
+        As :class:`DLRM`.
+    seed, dtype
+        As :class:`DLRM`.
+
+    Notes
+    -----
+    ``inter_arch`` is :class:`~refimpl.layers.concat.InteractionConcatArch`: the dense vector
+    and the F pooled embeddings laid end to end, (B, (F+1)·D), the OverArch's input; it has no
+    parameters, so the keys are DLRM's minus nothing and plus nothing. TorchRec has no such
+    class; its ``DLRM_DCN`` with ``dcn_num_layers=0`` computes exactly this (its
+    ``InteractionDCNArch`` concatenates the same way and a cross network of no layers returns
+    its input), with the same ``state_dict()`` keys, which is how the parity checks build it.
+
+    Examples
+    --------
+    >>> from refimpl.layers.embedding import EmbeddingBagConfig
+    >>> ebc = EmbeddingBagCollection([EmbeddingBagConfig(100, 8, "t1", ["f1", "f2"])], seed=0)
+    >>> model = DLRM_Baseline(ebc, 10, [20, 8], [5, 1], seed=0)
+    >>> model.over_arch.in_features                     # (F+1)·D
+    24
+    >>> [k for k in model.params if k.startswith("inter_arch")]
+    []
+    """
+
+    def _interaction(self, rng) -> tuple[Layer, int]:
+        width = (self.num_sparse_features + 1) * self.embedding_dim  # (F+1)·D
+        return InteractionConcatArch(self.num_sparse_features, dtype=self.dtype), width
+
+
 # ------------------------------------------------------------------ textbook forms (exact too)
 
 
@@ -467,7 +510,8 @@ class DLRMSpec(NamedTuple):
     """What the textbook functions need besides ``params``: the model's shape.
 
     ``features`` lists, in output order, each feature's ``(table key, pooling,
-    num_embeddings)``; ``kind`` is ``"DLRM"``, ``"DLRM_DCN"`` or ``"DLRM_Projection"``.
+    num_embeddings)``; ``kind`` is ``"DLRM"``, ``"DLRM_DCN"``, ``"DLRM_Projection"`` or
+    ``"DLRM_Baseline"``.
     """
 
     kind: str
@@ -526,6 +570,8 @@ def dlrm_forward(params, dense_features, bags, spec: DLRMSpec):
             lambda flat: dense_arch_forward(branch1, flat),
             lambda flat: dense_arch_forward(branch2, flat),
         )
+    elif spec.kind == "DLRM_Baseline":
+        interaction, inter_cache = concat_interaction(embedded_dense, sparse)  # (B, (F+1)·D)
     else:
         rows, cols = pair_indices(len(spec.features))
         interaction, inter_cache = dot_interaction(embedded_dense, sparse, rows, cols)
@@ -566,6 +612,8 @@ def dlrm_backward(params, d_logits, cache, spec: DLRMSpec):
             **prefixed("interaction_branch1", d_branch1),
             **prefixed("interaction_branch2", d_branch2),
         }
+    elif spec.kind == "DLRM_Baseline":
+        d_embedded_dense, d_sparse = concat_interaction_backward(d_interaction, inter_cache)
     else:
         rows, cols = pair_indices(features)
         d_embedded_dense, d_sparse = dot_interaction_backward(

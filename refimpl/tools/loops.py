@@ -403,7 +403,8 @@ def bce_with_logits_loop(logits, labels, pos_weight: float = 1.0) -> float:
 
 
 def dlrm_loop(model, dense_features, sparse_features) -> np.ndarray:
-    """A whole DLRM, DLRM_DCN or DLRM_Projection forward from the loop versions of its parts.
+    """A whole DLRM, DLRM_DCN, DLRM_Projection or DLRM_Baseline forward from the loop versions
+    of its parts.
 
     Reads ``model``'s configuration and ``params`` only: each embedding bag by
     :func:`embedding_bag_loop`, the MLPs by :func:`mlp_loop`, the interaction by
@@ -436,6 +437,15 @@ def dlrm_loop(model, dense_features, sparse_features) -> np.ndarray:
             return lambda c: mlp_loop(np.array([c]), layers)[0].tolist()
 
         interaction = projection_loop(dense, sparse, branch(branches[0]), branch(branches[1]))
+    elif kind == "DLRM_Baseline":
+        batch, features, dim = sparse.shape
+        interaction = np.zeros((batch, (features + 1) * dim))
+        for b in range(batch):  # the dense vector first, then each feature's, end to end
+            for d in range(dim):
+                interaction[b, d] = dense[b, d]
+            for f in range(features):
+                for d in range(dim):
+                    interaction[b, (f + 1) * dim + d] = sparse[b, f, d]
     else:
         interaction = interaction_loop(dense, sparse)
     over = mlp_layers(params, "over_arch.model.0.")

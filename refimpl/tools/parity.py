@@ -154,7 +154,13 @@ def torch_ebc_like(ebc):
 
 def torch_model_like(model):
     """TorchRec's DLRM, DLRM_DCN or DLRM_Projection configured like ``model``, its collection
-    made to keep float64 (:func:`keep_table_dtype`)."""
+    made to keep float64 (:func:`keep_table_dtype`).
+
+    A :class:`~refimpl.models.dlrm.DLRM_Baseline` becomes TorchRec's ``DLRM_DCN`` with
+    ``dcn_num_layers=0``: its ``InteractionDCNArch`` concatenates ``[dense; sparse]`` as the
+    baseline does, and a cross network of no layers returns its input (and has no
+    parameters, so the ``state_dict()`` keys are the baseline's).
+    """
     require_torchrec()
     from torchrec.models import dlrm
 
@@ -173,6 +179,8 @@ def torch_model_like(model):
     elif name == "DLRM_Projection":
         sizes1, sizes2 = model.interaction_branch_layer_sizes
         module = dlrm.DLRM_Projection(*args, list(sizes1), list(sizes2))
+    elif name == "DLRM_Baseline":
+        module = dlrm.DLRM_DCN(*args, dcn_num_layers=0, dcn_low_rank_dim=1)
     else:
         module = dlrm.DLRM(*args)
     keep_table_dtype(ebc)
@@ -282,7 +290,7 @@ def compare_training_with_torch(
 
     Parameters
     ----------
-    model : DLRM, DLRM_DCN or DLRM_Projection, float64
+    model : DLRM, DLRM_DCN, DLRM_Projection or DLRM_Baseline, float64
     batches : sequence of Batch, or of (dense (B, I), KeyedJaggedArray, labels (B,) or (B, 1))
         One step per batch; their keys must name the model's features. Dense features, labels
         and per-id weights are taken in float64.
@@ -338,3 +346,160 @@ def _float64_batch(batch):
         labels=np.asarray(batch.labels, np.float64),
         weights=weights,
     )
+
+
+# ------------------------------------------------------------------------- a whole run
+
+REPLAY_TOL = 1e-6  # see replay_run_in_torchrec
+
+
+def replay_run_in_torchrec(
+    out_dir, *, source=None, data_dir=None, log=None, threads: int | None = None
+) -> dict:
+    """Train TorchRec's twin of a finished ``python -m refimpl train`` run and compare.
+
+    The run's configuration (from its checkpoint) rebuilds the model's initial weights, which
+    are a fixed function of the seed, and its data. TorchRec's model
+    (:func:`torch_model_like`, in the run's dtype) starts from those weights and takes one step
+    per batch of every epoch, in the run's order (the shuffle seed of each epoch is a fixed
+    function of the seed and the epoch), with :func:`torch_optimizer_like`'s optimizers of
+    the same kinds and learning rates; after each epoch it is evaluated on the validation
+    split, at the end on the test split, with refimpl's metrics on TorchRec's predictions.
+
+    Only float64 runs are compared. In float32 two correct implementations follow each other
+    only until rounding tips some ReLU of some sample to the other side of its kink (lesson 09
+    shows it happen after a few hundred steps); after that their parameters part by percents
+    and their metrics by about 1e-3, which could not tell a bug from rounding.
+
+    Parameters
+    ----------
+    out_dir : path
+        A finished run's output directory (its ``checkpoint.npz``).
+    source : DataSource, optional
+        The run's data, if already loaded (else built from the configuration).
+    data_dir : path, optional
+        The data cache (MovieLens-100k).
+    log : callable, optional
+        Receives a line after each epoch.
+    threads : int, optional
+        ``torch.set_num_threads``.
+
+    Returns
+    -------
+    dict
+        ``steps``, ``samples``, ``torchrec_seconds``; ``epochs``: per epoch the validation
+        metrics of the run (``refimpl``) and of the replay (``torchrec``); ``test``: the same
+        for the test split; ``parameters``: ``‖ours − theirs‖ / ‖theirs‖`` for every parameter
+        tensor after the last step, the run's checkpoint against TorchRec's ``state_dict()``
+        (whole tensors, not entry by entry: over thousands of steps the rounding differences
+        of two correct implementations grow, most in relative terms in the entries that
+        happen to sit near zero); ``worst_metric`` and
+        ``worst_parameter``: the largest absolute metric difference and the largest parameter
+        error; ``tolerance`` (:data:`REPLAY_TOL`: both must be below it) and ``agree``.
+
+    Raises
+    ------
+    ValueError
+        The run is not finished (no test metrics yet).
+    TypeError
+        The run is not float64.
+    """
+    import time
+
+    torch, _ = require_torchrec()
+    from refimpl.train.checkpoint import FILENAME, load_checkpoint
+    from refimpl.train.loop import (
+        TrainConfig,
+        build_model,
+        build_source,
+        shuffle_seed,
+        split_metrics,
+    )
+
+    checkpoint = load_checkpoint(f"{out_dir}/{FILENAME}")
+    config = TrainConfig(**checkpoint.meta["config"]).resolved()
+    history = checkpoint.meta["history"]
+    if checkpoint.meta["position"]["epoch"] < config.epochs or history["test"] is None:
+        raise ValueError(
+            f"out_dir: the run in {out_dir} is not finished (no test metrics yet); finish it "
+            f"with python -m refimpl train --resume {out_dir}"
+        )
+    if config.dtype != "float64":
+        raise TypeError(
+            f"out_dir: the run in {out_dir} is {config.dtype}; a whole run is compared with "
+            "TorchRec in float64 only (in float32 rounding alone makes two correct runs part "
+            "ways); train it with --dtype float64"
+        )
+    if threads is not None:
+        torch.set_num_threads(threads)
+    source = build_source(config, data_dir) if source is None else source
+    start = build_model(config, source)  # the run's initial weights: a function of the seed
+    module = torch_model_like(start).double()
+    module.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in start.params.items()})
+    optimizer = torch_optimizer_like(
+        module, config.dense_optimizer, config.dense_lr, config.embedding_optimizer,
+        config.embedding_lr,
+    )  # fmt: skip
+
+    def as_torch(array):
+        return torch.from_numpy(np.ascontiguousarray(array, dtype=start.dtype))
+
+    def evaluate(split):
+        labels, probabilities = [], []
+        with torch.no_grad():
+            for batch in source.batches(split, config.eval_batch_size):
+                logits = module(as_torch(batch.dense), torch_keyed_jagged(batch.sparse()))
+                labels.append(batch.labels)
+                probabilities.append(torch.sigmoid(logits[:, 0].double()).numpy())
+        return split_metrics(np.concatenate(labels), np.concatenate(probabilities))
+
+    report = {"steps": 0, "samples": 0, "torchrec_seconds": 0.0, "epochs": []}
+    for epoch in range(config.epochs):
+        clock = time.perf_counter()
+        module.train()
+        for batch in source.batches("train", config.batch_size, shuffle_seed(config.seed, epoch)):
+            optimizer.zero_grad()
+            logits = module(as_torch(batch.dense), torch_keyed_jagged(batch.sparse()))
+            labels = as_torch(batch.labels)[:, None]
+            torch.nn.functional.binary_cross_entropy_with_logits(logits, labels).backward()
+            optimizer.step()
+            report["steps"] += 1
+            report["samples"] += batch.size
+        report["torchrec_seconds"] += time.perf_counter() - clock
+        module.eval()
+        ours = history["epochs"][epoch]["validation"]
+        theirs = evaluate("validation") if ours is not None else None
+        report["epochs"].append({"epoch": epoch + 1, "refimpl": ours, "torchrec": theirs})
+        if log is not None:
+            log(f"TorchRec replay: epoch {epoch + 1}/{config.epochs} done")
+    report["test"] = {"refimpl": history["test"], "torchrec": evaluate("test")}
+    theirs = module.state_dict()
+    report["parameters"] = {
+        key: _normwise_difference(value, theirs[key].numpy())
+        for key, value in checkpoint.params.items()
+    }
+    pairs = [(r["refimpl"], r["torchrec"]) for r in report["epochs"] if r["refimpl"]]
+    pairs.append((report["test"]["refimpl"], report["test"]["torchrec"]))
+    report["worst_metric"] = max(
+        abs(ours[name] - theirs[name])
+        for ours, theirs in pairs
+        for name in ours
+        if ours[name] is not None and np.isfinite(ours[name])
+    )
+    report["worst_parameter"] = max(report["parameters"].values())
+    report["tolerance"] = REPLAY_TOL
+    report["agree"] = bool(
+        report["worst_metric"] < report["tolerance"]
+        and report["worst_parameter"] < report["tolerance"]
+    )
+    return report
+
+
+def _normwise_difference(ours: np.ndarray, theirs: np.ndarray) -> float:
+    """``‖ours − theirs‖ / ‖theirs‖`` (0 when both are zero)."""
+    ours, theirs = np.asarray(ours, np.float64), np.asarray(theirs, np.float64)
+    if ours.shape != theirs.shape:
+        raise ValueError(f"shapes differ: {ours.shape} and {theirs.shape}")
+    scale = np.linalg.norm(theirs)
+    difference = np.linalg.norm(ours - theirs)
+    return float(difference / scale) if scale > 0 else float(difference > 0)

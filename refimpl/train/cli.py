@@ -1,4 +1,5 @@
-"""``python -m refimpl train``: train DLRM, DLRM_DCN or DLRM_Projection with NumPy alone.
+"""``python -m refimpl train``: train DLRM, DLRM_DCN, DLRM_Projection or the no-interaction
+baseline with NumPy alone.
 
 Exit status: 0 when the run is done (or paused by ``--stop-after``), 2 for bad input (nothing
 is written), 1 when the loss became NaN or inf (the last checkpoint is kept), 130 after Ctrl-C
@@ -48,7 +49,11 @@ def parser() -> argparse.ArgumentParser:
     )
     # Every option defaults to None: "not given", so that --resume can tell what was asked.
     run = p.add_argument_group("the run")
-    run.add_argument("--model", choices=list(MODELS), help="dlrm (default), dcn or projection")
+    run.add_argument(
+        "--model",
+        choices=list(MODELS),
+        help="dlrm (default), dcn, projection, or baseline (no interaction)",
+    )
     run.add_argument(
         "--data",
         help="synthetic (default), movielens-100k, or criteo:TRAIN[,VALIDATION[,TEST]] "
@@ -75,6 +80,12 @@ def parser() -> argparse.ArgumentParser:
         help="the progress bar (default: on a terminal only)",
     )  # fmt: skip
     run.add_argument("--data-dir", help="the data cache for movielens-100k ($REFIMPL_DATA)")
+    run.add_argument(
+        "--torchrec-check", action="store_true",
+        help="after the run, train TorchRec's model on the same batches from the same initial "
+        "weights with torch.optim/torchrec.optim, and compare the metrics of every epoch and "
+        "the final parameters (float64 runs; needs the parity extra; writes torchrec_check.json)",
+    )  # fmt: skip
     run.add_argument(
         "--threads", type=int,
         help="threads for NumPy's BLAS and refimpl's stacked products (default: NumPy's). "
@@ -129,8 +140,19 @@ def parser() -> argparse.ArgumentParser:
     data.add_argument(
         "--criteo-rows", type=int, help="rows per table, ids hashed modulo (default 100000)"
     )
+    data.add_argument(
+        "--criteo-holdout", type=int, metavar="LINES",
+        help="with criteo:TRAIN alone: validation and test are TRAIN's last LINES lines "
+        "(the first half validation), training the lines before them (Kaggle's train.txt is "
+        "in time order; facebookresearch/dlrm holds out its last 6548659 lines)",
+    )  # fmt: skip
     return p
 
+
+FLOAT64_ONLY = (
+    "--torchrec-check: compares float64 runs (in float32 rounding alone makes two correct "
+    "implementations part ways after a few hundred steps); train with --dtype float64"
+)
 
 # The options that make up a TrainConfig (all but the run's own: out, resume, progress, ...).
 CONFIG_FIELDS = tuple(TrainConfig.__dataclass_fields__)
@@ -144,6 +166,15 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--stop-after: expected an integer >= 1, got {args.stop_after}")
         if args.threads is not None:
             set_threads(args.threads)
+        if args.torchrec_check:
+            from refimpl.tools.parity import ParityUnavailable, require_torchrec
+
+            try:
+                require_torchrec()
+            except ParityUnavailable as error:
+                raise ValueError(f"--torchrec-check: {error}") from None
+            if args.resume is None and TrainConfig(**given).dtype != "float64":
+                raise ValueError(FLOAT64_ONLY)
         if args.checkpoint_every < 0:
             raise ValueError(
                 f"--checkpoint-every: expected an integer >= 0, got {args.checkpoint_every}"
@@ -157,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
             trainer = Trainer.resume(
                 args.resume, epochs=epochs, expect=given, data_dir=args.data_dir
             )
+            if args.torchrec_check and trainer.config.dtype != "float64":
+                raise ValueError(FLOAT64_ONLY)
             pos = trainer.position
             print(
                 f"resuming {args.resume} at epoch {pos.epoch + 1}, batch {pos.batch} (step "
@@ -181,7 +214,47 @@ def main(argv: list[str] | None = None) -> int:
     except NonFiniteLossError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    return 130 if result.status == "interrupted" else 0
+    if result.status == "interrupted":
+        return 130
+    if args.torchrec_check and result.status == "done":
+        return torchrec_check(trainer, args.threads)
+    return 0
+
+
+def torchrec_check(trainer: Trainer, threads: int | None) -> int:
+    """Replay the finished run in TorchRec, print the comparison, write torchrec_check.json;
+    status 0 when both agree within the tolerance, else 1."""
+    import json
+
+    from refimpl.tools.parity import replay_run_in_torchrec
+    from refimpl.train.checkpoint import atomic_write_text
+    from refimpl.train.loop import METRICS, finite_or_null
+
+    report = replay_run_in_torchrec(
+        trainer.out_dir, source=trainer.source, log=print, threads=threads
+    )
+    c = trainer.config
+    print(
+        f"TorchRec replay: {report['steps']:,} steps on the same batches from the same initial "
+        f"weights ({c.dtype}; dense torch.optim.{c.dense_optimizer}, embeddings "
+        f"{c.embedding_optimizer}); {report['samples'] / report['torchrec_seconds']:,.0f} "
+        "samples/s"
+    )
+    print(f"{'test':<14}{'refimpl':>14}{'TorchRec':>14}{'difference':>12}")
+    ours, theirs = report["test"]["refimpl"], report["test"]["torchrec"]
+    for name in METRICS:
+        gap = ours[name] - theirs[name]
+        print(f"  {name:<12}{ours[name]:>14.8f}{theirs[name]:>14.8f}{gap:>12.1e}")
+    key = max(report["parameters"], key=report["parameters"].get)
+    print(
+        f"largest metric difference over every epoch and the test split "
+        f"{report['worst_metric']:.1e}; largest parameter difference "
+        f"{report['worst_parameter']:.1e} relative ({key}); tolerance {report['tolerance']:.0e}: "
+        + ("they agree" if report["agree"] else "THEY DISAGREE")
+    )
+    text = json.dumps(finite_or_null(report), indent=1, allow_nan=False)
+    atomic_write_text(trainer.out_dir / "torchrec_check.json", text + "\n")
+    return 0 if report["agree"] else 1
 
 
 def set_threads(threads: int) -> None:

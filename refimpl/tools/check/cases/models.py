@@ -1,10 +1,10 @@
-"""Checks for the whole models: DLRM, DLRM_DCN and DLRM_Projection, end to end."""
+"""Checks for the whole models: DLRM, DLRM_DCN, DLRM_Projection and DLRM_Baseline, end to end."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from refimpl.models.dlrm import DLRM, DLRM_DCN, DLRM_Projection
+from refimpl.models.dlrm import DLRM, DLRM_DCN, DLRM_Baseline, DLRM_Projection
 from refimpl.tools.check import finite_difference_check, hand_check, symbolic_check
 from refimpl.tools.check.cases.embedding import build_collection, draw_features, sparse_parity_check
 from refimpl.tools.gradcheck import draw_away_from_kinks
@@ -29,10 +29,12 @@ def build_model(kind: str, collection: str, *, seed=None, dtype=np.float64):
         return DLRM_DCN(*args, dcn_num_layers=2, dcn_low_rank_dim=3, seed=rng, dtype=dtype)
     if kind == "DLRM_Projection":
         return DLRM_Projection(*args, [8], [5, 12], seed=rng, dtype=dtype)  # F1 = 2, F2 = 3
+    if kind == "DLRM_Baseline":
+        return DLRM_Baseline(*args, seed=rng, dtype=dtype)
     return DLRM(*args, seed=rng, dtype=dtype)
 
 
-MODELS = ("DLRM", "DLRM_DCN", "DLRM_Projection")
+MODELS = ("DLRM", "DLRM_DCN", "DLRM_Projection", "DLRM_Baseline")
 COLLECTIONS = ("sum, t1 shared by f1 f3", "mean t1, sum t2", "weighted sum")
 
 
