@@ -58,7 +58,10 @@ from refimpl.data.source import DataSource, check_start, num_batches
 from refimpl.layers.activations import get_activation
 from refimpl.layers.embedding import EmbeddingBagCollection, EmbeddingBagConfig
 from refimpl.layers.loss import BCEWithLogitsLoss
+from refimpl.layers.transformer import ATTEND_ACROSS
+from refimpl.models.deepfm import SimpleDeepFMNN
 from refimpl.models.dlrm import DLRM, DLRM_DCN, DLRM_Projection
+from refimpl.models.transformer_dlrm import DLRM_Transformer
 from refimpl.train import metrics
 from refimpl.train.checkpoint import (
     FILENAME,
@@ -70,7 +73,13 @@ from refimpl.train.checkpoint import (
 )
 from refimpl.train.optim import SGD, Adagrad, Adam, CombinedOptimizer, RowWiseAdagrad
 
-MODELS = {"dlrm": DLRM, "dcn": DLRM_DCN, "projection": DLRM_Projection}
+MODELS = {
+    "dlrm": DLRM,
+    "dcn": DLRM_DCN,
+    "projection": DLRM_Projection,
+    "transformer": DLRM_Transformer,
+    "deepfm": SimpleDeepFMNN,
+}
 DENSE_OPTIMIZERS = {"sgd": SGD, "adagrad": Adagrad, "adam": Adam}
 EMBEDDING_OPTIMIZERS = {"sgd": SGD, "rowwise-adagrad": RowWiseAdagrad}
 TABLE_PREFIX = "sparse_arch.embedding_bag_collection.embedding_bags."
@@ -94,7 +103,7 @@ def train_step(model, loss_fn, optimizer, batch: Batch) -> StepResult:
 
     Parameters
     ----------
-    model : DLRM, DLRM_DCN or DLRM_Projection
+    model : any model of :data:`MODELS`
     loss_fn : BCEWithLogitsLoss
     optimizer : Optimizer or CombinedOptimizer over ``model.params``
     batch : Batch
@@ -133,7 +142,7 @@ def build_optimizer(
 
     Parameters
     ----------
-    model : DLRM, DLRM_DCN or DLRM_Projection
+    model : any model of :data:`MODELS`
     dense : {"sgd", "adagrad", "adam"}
         For the dense layers (bottom and top MLPs, interaction), with PyTorch's defaults
         besides the learning rate.
@@ -186,8 +195,8 @@ class TrainConfig:
 
     Attributes
     ----------
-    model : {"dlrm", "dcn", "projection"}
-        DLRM, DLRM_DCN or DLRM_Projection.
+    model : {"dlrm", "dcn", "projection", "transformer", "deepfm"}
+        DLRM, DLRM_DCN, DLRM_Projection, DLRM_Transformer or SimpleDeepFMNN.
     data : str
         ``"synthetic"``, ``"movielens-100k"`` or ``"criteo:TRAIN[,VALIDATION[,TEST]]"``
         (Criteo-format TSV files, plain or .gz, one per split).
@@ -205,6 +214,14 @@ class TrainConfig:
         The cross network of ``"dcn"``.
     interaction_branch1_layer_sizes, interaction_branch2_layer_sizes : list of int
         The projection branches of ``"projection"`` (last sizes multiples of D).
+    nhead, ntransformer_layers, dim_feedforward : int
+        The encoder of ``"transformer"``: heads (D a multiple), layers, feed-forward width.
+    attend_across : {"features", "batch"}
+        ``"transformer"``: per-sample attention, or TorchRec's attention across the batch.
+    hidden_layer_size, deep_fm_dimension : int
+        ``"deepfm"``: the dense arch's hidden width (its layers are I → hidden → D, not
+        ``dense_arch_layer_sizes``), the deep branch's width DI. Its over arch is one Linear
+        (``over_arch_layer_sizes`` is not read).
     synthetic_tables, synthetic_rows, synthetic_train, synthetic_eval, data_seed : int
         ``"synthetic"``: F tables of this many rows, the training samples, the samples of the
         validation split and of the test split (each), the planted model's seed.
@@ -230,6 +247,12 @@ class TrainConfig:
     dcn_low_rank_dim: int | None = None
     interaction_branch1_layer_sizes: list[int] | None = None
     interaction_branch2_layer_sizes: list[int] | None = None
+    nhead: int | None = None
+    ntransformer_layers: int | None = None
+    dim_feedforward: int | None = None
+    attend_across: str = "features"
+    hidden_layer_size: int | None = None
+    deep_fm_dimension: int | None = None
     synthetic_tables: int | None = None
     synthetic_rows: int | None = None
     synthetic_train: int | None = None
@@ -279,7 +302,19 @@ class TrainConfig:
             _positive(name, getattr(self, name))
         for name in ("seed", "data_seed"):
             _positive(name, getattr(self, name), minimum=0)
-        for name in ("dcn_num_layers", "dcn_low_rank_dim"):
+        if self.attend_across not in ATTEND_ACROSS:
+            raise ValueError(
+                f"attend_across: expected one of {ATTEND_ACROSS}, got {self.attend_across!r}"
+            )
+        for name in (
+            "dcn_num_layers",
+            "dcn_low_rank_dim",
+            "nhead",
+            "ntransformer_layers",
+            "dim_feedforward",
+            "hidden_layer_size",
+            "deep_fm_dimension",
+        ):
             if getattr(self, name) is not None:
                 _positive(name, getattr(self, name))
         for name in (
@@ -315,6 +350,13 @@ _COMMON = {
     "dcn_num_layers": 3,
     "dcn_low_rank_dim": 64,
     "branch_hidden": [128],
+    # smaller than TorchRec's 8 heads, 4 layers and 2048 (a transformer over 27 tokens of
+    # width 16 needs no more to find pairs; 2048 would make each step ~30 times longer)
+    "nhead": 2,
+    "ntransformer_layers": 2,
+    "dim_feedforward": 64,
+    "hidden_layer_size": 64,
+    "deep_fm_dimension": 32,
 }
 DATA_DEFAULTS = {
     "synthetic": _COMMON
@@ -425,6 +467,16 @@ def build_model(config: TrainConfig, source: DataSource):
             seed=rng,
             dtype=dtype,
         )
+    if config.model == "transformer":
+        return DLRM_Transformer(
+            *args, config.nhead, config.ntransformer_layers, attend_across=config.attend_across,
+            dim_feedforward=config.dim_feedforward, seed=rng, dtype=dtype,
+        )  # fmt: skip
+    if config.model == "deepfm":
+        return SimpleDeepFMNN(
+            source.dense_in_features, ebc, config.hidden_layer_size, config.deep_fm_dimension,
+            seed=rng, dtype=dtype,
+        )  # fmt: skip
     return MODELS[config.model](*args, seed=rng, dtype=dtype)
 
 
