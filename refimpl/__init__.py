@@ -28,14 +28,16 @@ from refimpl.layers.loss import BCEWithLogitsLoss
 from refimpl.layers.mlp import MLP, DenseArch, Linear, OverArch
 from refimpl.layers.projection import InteractionProjectionArch
 from refimpl.layers.rowsparse import RowSparse
-from refimpl.layers.sequential import ReLU, Sequential
+from refimpl.layers.sequential import ReLU, Sequential, Sigmoid
 from refimpl.layers.transformer import (
     InteractionTransformerArch,
     LayerNorm,
     MultiheadAttention,
     TransformerEncoderLayer,
 )
+from refimpl.models.deepfm import SimpleDeepFMNN
 from refimpl.models.dlrm import DLRM, DLRM_DCN, DLRM_Baseline, DLRM_Projection
+from refimpl.models.transformer_dlrm import DLRM_Transformer
 from refimpl.tools.gradcheck import GradCheckResult, draw_away_from_kinks, gradcheck, rel_error
 from refimpl.train import metrics, optim  # refimpl.optim.Adam, refimpl.metrics.auc, …
 
@@ -48,6 +50,7 @@ __all__ = [
     "CrossNet",
     "DLRM_Baseline",
     "DLRM_Projection",
+    "DLRM_Transformer",
     "DeepFM",
     "DenseArch",
     "EmbeddingBagCollection",
@@ -71,6 +74,8 @@ __all__ = [
     "ReLU",
     "RowSparse",
     "Sequential",
+    "Sigmoid",
+    "SimpleDeepFMNN",
     "SparseArch",
     "TransformerEncoderLayer",
     "VectorCrossNet",

@@ -19,6 +19,7 @@ def test_fast_encoder_layer_equals_the_textbook_form(
     monkeypatch, rng, dtype, sequences, length, width, heads, hidden
 ):
     monkeypatch.setattr(fast, "BLOCK_BYTES", 256)  # many blocks, spread over threads
+    monkeypatch.setattr(fast, "FF_BLOCK_BYTES", 5 * hidden * np.dtype(dtype).itemsize)  # 5 rows
     layer = TransformerEncoderLayer(width, heads, hidden, batch_first=True, seed=0, dtype=dtype)
     for value in layer.params.values():
         value += (0.3 * rng.standard_normal(value.shape)).astype(dtype)

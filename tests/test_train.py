@@ -73,7 +73,9 @@ def test_the_loss_falls_on_a_small_run(tmp_path):
     assert records[-1]["validation"]["ne"] < 0.95  # better than knowing the click rate only
 
 
-@pytest.mark.parametrize("model", ["dlrm", "dcn", "projection", "baseline"])
+@pytest.mark.parametrize(
+    "model", ["dlrm", "dcn", "projection", "baseline", "transformer", "deepfm"]
+)
 def test_a_step_updates_every_parameter_group_and_returns_the_logits(model):
     data = tiny_data()
     config = tiny_config(model=model, dcn_num_layers=1, dcn_low_rank_dim=2).resolved()

@@ -1,8 +1,9 @@
-"""``torch.nn.Sequential`` and ``torch.nn.ReLU`` as refimpl layers.
+"""``torch.nn.Sequential``, ``torch.nn.ReLU`` and ``torch.nn.Sigmoid`` as refimpl layers.
 
 TorchRec builds some blocks as ``nn.Sequential(nn.Linear(...), nn.ReLU())`` (the deep branch
-of its ``FMInteractionArch``); their ``state_dict()`` keys are the children's, prefixed by
-their position: ``0.weight``, ``0.bias``. :class:`Sequential` keeps the same keys.
+of its ``FMInteractionArch``, the dense and over archs of its DeepFM model); their
+``state_dict()`` keys are the children's, prefixed by their position: ``0.weight``,
+``0.bias``. :class:`Sequential` keeps the same keys.
 """
 
 from __future__ import annotations
@@ -60,6 +61,48 @@ class ReLU(Layer):
     def kink_distance(self, input: np.ndarray) -> float:
         """Smallest |input|: ReLU's kink is at 0."""
         return float(np.min(np.abs(input))) if input.size else float("inf")
+
+
+class SigmoidCache(NamedTuple):
+    output: np.ndarray  # σ(x): the derivative σ(1 − σ) is read from it, (B, I)
+
+
+class Sigmoid(Layer):
+    """``σ(x) = 1 / (1 + e^(−x))`` elementwise, as ``torch.nn.Sigmoid``; ``σ' = σ (1 − σ)``.
+
+    >>> sigmoid = Sigmoid()
+    >>> y, cache = sigmoid.forward(np.array([[0.0, np.log(3.0)]]))
+    >>> y, sigmoid.backward(np.ones_like(y), cache)[0]
+    (array([[0.5 , 0.75]]), array([[0.25  , 0.1875]]))
+    """
+
+    input_names = ("input",)
+
+    def forward(self, input: np.ndarray) -> tuple[np.ndarray, SigmoidCache]:
+        """
+        Parameters
+        ----------
+        input : ndarray, shape (B, I)
+
+        Returns
+        -------
+        out : ndarray, shape (B, I)
+        cache : SigmoidCache
+        """
+        check_array("input", input, "B I", {}, self.dtype)
+        out = get_activation("sigmoid").forward(input)  # (B, I), stable for both signs
+        return out, SigmoidCache(out)
+
+    def backward(self, d_out: np.ndarray, cache: SigmoidCache):
+        """
+        Returns
+        -------
+        d_input : ndarray, shape (B, I)
+        d_params : dict, empty
+        """
+        (out,) = cache
+        check_array("d_out", d_out, "B I", dict(zip("BI", out.shape, strict=True)), out.dtype)
+        return d_out * get_activation("sigmoid").derivative(out), {}  # (B, I)
 
 
 class SequentialCache(NamedTuple):

@@ -1,2 +1,2 @@
-"""Whole models built from the layers: TorchRec's DLRM, DLRM_DCN and DLRM_Projection, and
-DLRM_Baseline (no interaction)."""
+"""Whole models built from the layers: TorchRec's DLRM, DLRM_DCN, DLRM_Projection,
+DLRM_Transformer and SimpleDeepFMNN (DeepFM), and DLRM_Baseline (no interaction)."""

@@ -402,14 +402,8 @@ def bce_with_logits_loop(logits, labels, pos_weight: float = 1.0) -> float:
     return total / len(flat_x)
 
 
-def dlrm_loop(model, dense_features, sparse_features) -> np.ndarray:
-    """A whole DLRM, DLRM_DCN, DLRM_Projection or DLRM_Baseline forward from the loop versions
-    of its parts.
-
-    Reads ``model``'s configuration and ``params`` only: each embedding bag by
-    :func:`embedding_bag_loop`, the MLPs by :func:`mlp_loop`, the interaction by
-    :func:`interaction_loop`, :func:`crossnet_loop` or :func:`projection_loop`.
-    """
+def _embedded_loop(model, sparse_features) -> np.ndarray:
+    """A model's pooled bags, (B, F, D), each by :func:`embedding_bag_loop`."""
     params = model.params
     ebc = model.sparse_arch.embedding_bag_collection
     embedded = []
@@ -419,10 +413,30 @@ def dlrm_loop(model, dense_features, sparse_features) -> np.ndarray:
             ids, lengths, weights = sparse_features.feature(name)
             weights = weights if ebc.is_weighted else None
             embedded.append(embedding_bag_loop(weight, ids, lengths, weights, table.pooling))
-    sparse = np.stack(embedded, axis=1)  # (B, F, D)
+    return np.stack(embedded, axis=1)  # (B, F, D)
+
+
+def dlrm_loop(model, dense_features, sparse_features) -> np.ndarray:
+    """A whole DLRM, DLRM_DCN, DLRM_Projection, DLRM_Transformer or DLRM_Baseline forward from
+    the loop versions of its parts.
+
+    Reads ``model``'s configuration and ``params`` only: each embedding bag by
+    :func:`embedding_bag_loop`, the MLPs by :func:`mlp_loop`, the interaction by
+    :func:`interaction_loop`, :func:`crossnet_loop`, :func:`projection_loop` or
+    :func:`transformer_interaction_loop`.
+    """
+    params = model.params
+    sparse = _embedded_loop(model, sparse_features)  # (B, F, D)
     dense = mlp_loop(dense_features, mlp_layers(params, "dense_arch.model."))  # (B, D)
     kind = type(model).__name__
-    if kind == "DLRM_DCN":
+    if kind == "DLRM_Transformer":
+        prefix = "inter_arch."
+        encoder = {k[len(prefix) :]: v for k, v in params.items() if k.startswith(prefix)}
+        interaction = transformer_interaction_loop(
+            dense, sparse, encoder, model.nhead, model.inter_arch.layer_norm_eps,
+            model.attend_across,
+        )  # fmt: skip
+    elif kind == "DLRM_DCN":
         inter = {
             k[len("inter_arch.crossnet.") :]: v
             for k, v in params.items()
@@ -451,3 +465,25 @@ def dlrm_loop(model, dense_features, sparse_features) -> np.ndarray:
     over = mlp_layers(params, "over_arch.model.0.")
     over.append((params["over_arch.model.1.weight"], params["over_arch.model.1.bias"]))
     return mlp_loop(interaction, over, activation_on_last=False)
+
+
+def deepfm_loop(model, dense_features, sparse_features) -> np.ndarray:
+    """TorchRec's SimpleDeepFMNN forward from the loops: the bags, the two-layer dense arch,
+    :func:`fm_interaction_loop`, the over arch's Linear and, with ``output="probabilities"``,
+    its sigmoid. Reads ``model``'s configuration and ``params`` only."""
+    params = model.params
+    sparse = _embedded_loop(model, sparse_features)  # (B, F, D)
+    dense_layers = [(params[f"dense_arch.model.{i}.weight"], params[f"dense_arch.model.{i}.bias"])
+                    for i in (0, 2)]  # fmt: skip
+    dense = mlp_loop(dense_features, dense_layers)  # (B, D)
+    names = model.sparse_arch.sparse_feature_names
+    by_name = {name: sparse[:, f] for f, name in enumerate(names)}
+    prefix = "inter_arch."
+    inter = {k[len(prefix) :]: v for k, v in params.items() if k.startswith(prefix)}
+    interaction = fm_interaction_loop(dense, by_name, names, inter, model.fm_pairs)
+    over = [(params["over_arch.model.0.weight"], params["over_arch.model.0.bias"])]
+    logits = mlp_loop(interaction, over, activation_on_last=False)  # (B, 1)
+    if model.output == "logits":
+        return logits
+    probabilities = [1 / (1 + math.exp(-float(z))) for z in logits[:, 0]]
+    return np.array(probabilities, dtype=logits.dtype).reshape(-1, 1)

@@ -153,25 +153,41 @@ def torch_ebc_like(ebc):
 
 
 def torch_model_like(model):
-    """TorchRec's DLRM, DLRM_DCN or DLRM_Projection configured like ``model``, its collection
-    made to keep float64 (:func:`keep_table_dtype`).
+    """TorchRec's model configured like ``model``, computing what ``model`` computes, its
+    collection made to keep float64 (:func:`keep_table_dtype`).
 
-    A :class:`~refimpl.models.dlrm.DLRM_Baseline` becomes TorchRec's ``DLRM_DCN`` with
-    ``dcn_num_layers=0``: its ``InteractionDCNArch`` concatenates ``[dense; sparse]`` as the
-    baseline does, and a cross network of no layers returns its input (and has no
-    parameters, so the ``state_dict()`` keys are the baseline's).
+    ``model`` is a DLRM, DLRM_DCN, DLRM_Projection, DLRM_Transformer, SimpleDeepFMNN or
+    DLRM_Baseline. Where refimpl's model departs from TorchRec's by an option, the TorchRec
+    model is changed to match (test-side only):
+
+    - ``DLRM_Transformer``: in eval mode (dropout off: refimpl computes the eval-mode model);
+      TorchRec's encoder has a feed-forward width of 2048, so ``model.dim_feedforward`` must
+      be 2048; with ``attend_across="features"`` each attention layer is switched to
+      ``batch_first=True``, which makes it attend over each sample's F + 1 features (what the
+      per-sample model computes), TorchRec's layers unchanged otherwise.
+    - ``SimpleDeepFMNN``: with ``output="logits"``, the over arch's final ``nn.Sigmoid`` is
+      replaced by ``nn.Identity``; with ``output="probabilities"`` the model is TorchRec's
+      as it ships. The papers' FM (``fm_pairs="features"``) has no TorchRec counterpart.
+    - ``DLRM_Baseline`` becomes TorchRec's ``DLRM_DCN`` with ``dcn_num_layers=0``: its
+      ``InteractionDCNArch`` concatenates ``[dense; sparse]`` as the baseline does, and a
+      cross network of no layers returns its input (and has no parameters, so the
+      ``state_dict()`` keys are the baseline's).
     """
     require_torchrec()
     from torchrec.models import dlrm
 
     ebc = torch_ebc_like(model.sparse_arch.embedding_bag_collection)
+    name = type(model).__name__
+    if name == "SimpleDeepFMNN":
+        module = _torch_deepfm_like(model, ebc)
+        keep_table_dtype(ebc)
+        return module
     args = (
         ebc,
         model.dense_in_features,
         list(model.dense_arch.layer_sizes),
         list(model.over_arch.layer_sizes),
     )
-    name = type(model).__name__
     if name == "DLRM_DCN":
         module = dlrm.DLRM_DCN(
             *args, dcn_num_layers=model.dcn_num_layers, dcn_low_rank_dim=model.dcn_low_rank_dim
@@ -181,9 +197,52 @@ def torch_model_like(model):
         module = dlrm.DLRM_Projection(*args, list(sizes1), list(sizes2))
     elif name == "DLRM_Baseline":
         module = dlrm.DLRM_DCN(*args, dcn_num_layers=0, dcn_low_rank_dim=1)
+    elif name == "DLRM_Transformer":
+        module = _torch_transformer_like(model, args)
     else:
         module = dlrm.DLRM(*args)
     keep_table_dtype(ebc)
+    return module
+
+
+def _torch_transformer_like(model, args):
+    import warnings
+
+    from torchrec.models.experimental.transformerdlrm import DLRM_Transformer
+
+    if model.dim_feedforward != 2048:
+        raise TypeError(
+            f"model: TorchRec's DLRM_Transformer has a feed-forward width of 2048, got "
+            f"dim_feedforward={model.dim_feedforward}"
+        )
+    with warnings.catch_warnings():  # torch's nested-tensor hint, about batch_first
+        warnings.simplefilter("ignore", UserWarning)
+        module = DLRM_Transformer(
+            *args, nhead=model.nhead, ntransformer_layers=model.ntransformer_layers
+        )
+    if model.attend_across == "features":
+        for layer in module.inter_arch.interarch_TE.layers:
+            layer.self_attn.batch_first = True  # per sample, over the F+1 features
+    return module.eval()
+
+
+def _torch_deepfm_like(model, ebc):
+    torch, _ = require_torchrec()
+    from torchrec.models.deepfm import SimpleDeepFMNN
+
+    if model.fm_pairs != "scalars":
+        raise TypeError(
+            f"model: TorchRec's FactorizationMachine pairs scalars; fm_pairs={model.fm_pairs!r} "
+            f"has no TorchRec counterpart"
+        )
+    module = SimpleDeepFMNN(
+        model.num_dense_features,
+        ebc,
+        model.dense_arch.hidden_layer_size,
+        model.inter_arch.deep_fm_dimension,
+    )
+    if model.output == "logits":
+        module.over_arch.model[1] = torch.nn.Identity()  # the logit, not its sigmoid
     return module
 
 
@@ -194,6 +253,13 @@ def compare_sparse_with_torch(layer, module, inputs, seed=0) -> dict[str, float]
     Row-sparse table gradients are compared densely (use small tables). With a weighted
     collection the per-id weights' gradient is compared too, as ``"<input>.weights"``.
     """
+    ours, theirs = paired_sparse_results(layer, module, inputs, seed)
+    return {name: rel_error(ours[name], theirs[name]) for name in ours}
+
+
+def paired_sparse_results(layer, module, inputs, seed=0):
+    """refimpl's and TorchRec's output and gradients for :func:`compare_sparse_with_torch`, as
+    two dicts of arrays with the same keys (tables dense)."""
     torch, _ = require_torchrec()
     module.double()
     module.zero_grad(set_to_none=True)
@@ -211,18 +277,19 @@ def compare_sparse_with_torch(layer, module, inputs, seed=0) -> dict[str, float]
     torch_out.backward(torch.tensor(upstream))
     *d_dense, d_weights, d_params = layer.backward(upstream, cache)
 
-    errors = {"out": rel_error(out, torch_out.detach().numpy())}
+    ours, theirs = {"out": out}, {"out": torch_out.detach().numpy()}
     names = layer.input_names
-    for name, ours, theirs in zip(names, d_dense, torch_dense, strict=False):
-        errors[name] = rel_error(ours, theirs.grad.numpy())
+    for name, mine, tensor in zip(names, d_dense, torch_dense, strict=False):
+        ours[name], theirs[name] = mine, tensor.grad.numpy()
     if d_weights is not None:
-        errors[f"{names[-1]}.weights"] = rel_error(d_weights, kjt.weights().grad.numpy())
+        key = f"{names[-1]}.weights"
+        ours[key], theirs[key] = d_weights, kjt.weights().grad.numpy()
     torch_params = dict(module.named_parameters())
-    for key, ours in d_params.items():
-        ours = ours.to_dense() if hasattr(ours, "to_dense") else ours
-        theirs = torch_params[key].grad
-        errors[key] = rel_error(ours, np.zeros_like(ours) if theirs is None else theirs.numpy())
-    return errors
+    for key, mine in d_params.items():
+        mine = mine.to_dense() if hasattr(mine, "to_dense") else mine
+        grad = torch_params[key].grad
+        ours[key], theirs[key] = mine, np.zeros_like(mine) if grad is None else grad.numpy()
+    return ours, theirs
 
 
 # ------------------------------------------------------------------------------- training
@@ -290,7 +357,8 @@ def compare_training_with_torch(
 
     Parameters
     ----------
-    model : DLRM, DLRM_DCN, DLRM_Projection or DLRM_Baseline, float64
+    model : DLRM, DLRM_DCN, DLRM_Projection, DLRM_Transformer, SimpleDeepFMNN or DLRM_Baseline,
+        float64. Its TorchRec twin is :func:`torch_model_like`'s.
     batches : sequence of Batch, or of (dense (B, I), KeyedJaggedArray, labels (B,) or (B, 1))
         One step per batch; their keys must name the model's features. Dense features, labels
         and per-id weights are taken in float64.

@@ -1,5 +1,5 @@
-"""``python -m refimpl train``: train DLRM, DLRM_DCN, DLRM_Projection or the no-interaction
-baseline with NumPy alone.
+"""``python -m refimpl train``: train DLRM, DLRM_DCN, DLRM_Projection, DLRM_Transformer,
+SimpleDeepFMNN (DeepFM) or the no-interaction baseline with NumPy alone.
 
 Exit status: 0 when the run is done (or paused by ``--stop-after``), 2 for bad input (nothing
 is written), 1 when the loss became NaN or inf (the last checkpoint is kept), 130 after Ctrl-C
@@ -50,10 +50,10 @@ def parser() -> argparse.ArgumentParser:
     # Every option defaults to None: "not given", so that --resume can tell what was asked.
     run = p.add_argument_group("the run")
     run.add_argument(
-        "--model",
-        choices=list(MODELS),
-        help="dlrm (default), dcn, projection, or baseline (no interaction)",
-    )
+        "--model", choices=list(MODELS),
+        help="dlrm (default), dcn, projection, transformer (DLRM_Transformer), deepfm "
+        "(SimpleDeepFMNN), or baseline (no interaction)",
+    )  # fmt: skip
     run.add_argument(
         "--data",
         help="synthetic (default), movielens-100k, or criteo:TRAIN[,VALIDATION[,TEST]] "
@@ -120,6 +120,26 @@ def parser() -> argparse.ArgumentParser:
         "--branch2", type=_sizes, dest="interaction_branch2_layer_sizes",
         help="projection branch 2, last a multiple of D (default 128,4D)",
     )  # fmt: skip
+
+    size.add_argument("--nhead", type=int, help="transformer: attention heads (default 2)")
+    size.add_argument(
+        "--transformer-layers", type=int, dest="ntransformer_layers",
+        help="transformer: encoder layers (default 2)",
+    )  # fmt: skip
+    size.add_argument(
+        "--dim-feedforward", type=int, help="transformer: feed-forward width (default 64)"
+    )
+    size.add_argument(
+        "--attend-across", choices=["features", "batch"],
+        help="transformer: per sample over its features (default), or across the batch as "
+        "TorchRec's model does",
+    )  # fmt: skip
+    size.add_argument(
+        "--hidden-layer-size", type=int, help="deepfm: the dense arch's hidden width (default 64)"
+    )
+    size.add_argument(
+        "--deep-fm-dimension", type=int, help="deepfm: the deep branch's width (default 32)"
+    )
 
     data = p.add_argument_group("data")
     data.add_argument(

@@ -58,7 +58,10 @@ from refimpl.data.source import DataSource, check_start, num_batches
 from refimpl.layers.activations import get_activation
 from refimpl.layers.embedding import EmbeddingBagCollection, EmbeddingBagConfig
 from refimpl.layers.loss import BCEWithLogitsLoss
+from refimpl.layers.transformer import ATTEND_ACROSS
+from refimpl.models.deepfm import SimpleDeepFMNN
 from refimpl.models.dlrm import DLRM, DLRM_DCN, DLRM_Baseline, DLRM_Projection
+from refimpl.models.transformer_dlrm import DLRM_Transformer
 from refimpl.train import metrics
 from refimpl.train.checkpoint import (
     FILENAME,
@@ -74,6 +77,8 @@ MODELS = {
     "dlrm": DLRM,
     "dcn": DLRM_DCN,
     "projection": DLRM_Projection,
+    "transformer": DLRM_Transformer,
+    "deepfm": SimpleDeepFMNN,
     "baseline": DLRM_Baseline,
 }
 DENSE_OPTIMIZERS = {"sgd": SGD, "adagrad": Adagrad, "adam": Adam}
@@ -99,7 +104,7 @@ def train_step(model, loss_fn, optimizer, batch: Batch) -> StepResult:
 
     Parameters
     ----------
-    model : DLRM, DLRM_DCN, DLRM_Projection or DLRM_Baseline
+    model : any model of :data:`MODELS`
     loss_fn : BCEWithLogitsLoss
     optimizer : Optimizer or CombinedOptimizer over ``model.params``
     batch : Batch
@@ -138,7 +143,7 @@ def build_optimizer(
 
     Parameters
     ----------
-    model : DLRM, DLRM_DCN, DLRM_Projection or DLRM_Baseline
+    model : any model of :data:`MODELS`
     dense : {"sgd", "adagrad", "adam"}
         For the dense layers (bottom and top MLPs, interaction), with PyTorch's defaults
         besides the learning rate.
@@ -191,8 +196,9 @@ class TrainConfig:
 
     Attributes
     ----------
-    model : {"dlrm", "dcn", "projection", "baseline"}
-        DLRM, DLRM_DCN, DLRM_Projection or DLRM_Baseline (no interaction).
+    model : {"dlrm", "dcn", "projection", "transformer", "deepfm", "baseline"}
+        DLRM, DLRM_DCN, DLRM_Projection, DLRM_Transformer, SimpleDeepFMNN or DLRM_Baseline
+        (no interaction).
     data : str
         ``"synthetic"``, ``"movielens-100k"`` or ``"criteo:TRAIN[,VALIDATION[,TEST]]"``
         (Criteo-format TSV files, plain or .gz, one per split).
@@ -210,6 +216,14 @@ class TrainConfig:
         The cross network of ``"dcn"``.
     interaction_branch1_layer_sizes, interaction_branch2_layer_sizes : list of int
         The projection branches of ``"projection"`` (last sizes multiples of D).
+    nhead, ntransformer_layers, dim_feedforward : int
+        The encoder of ``"transformer"``: heads (D a multiple), layers, feed-forward width.
+    attend_across : {"features", "batch"}
+        ``"transformer"``: per-sample attention, or TorchRec's attention across the batch.
+    hidden_layer_size, deep_fm_dimension : int
+        ``"deepfm"``: the dense arch's hidden width (its layers are I → hidden → D, not
+        ``dense_arch_layer_sizes``), the deep branch's width DI. Its over arch is one Linear
+        (``over_arch_layer_sizes`` is not read).
     synthetic_tables, synthetic_rows, synthetic_train, synthetic_eval, data_seed : int
         ``"synthetic"``: F tables of this many rows, the training samples, the samples of the
         validation split and of the test split (each), the planted model's seed.
@@ -239,6 +253,12 @@ class TrainConfig:
     dcn_low_rank_dim: int | None = None
     interaction_branch1_layer_sizes: list[int] | None = None
     interaction_branch2_layer_sizes: list[int] | None = None
+    nhead: int | None = None
+    ntransformer_layers: int | None = None
+    dim_feedforward: int | None = None
+    attend_across: str = "features"
+    hidden_layer_size: int | None = None
+    deep_fm_dimension: int | None = None
     synthetic_tables: int | None = None
     synthetic_rows: int | None = None
     synthetic_train: int | None = None
@@ -289,7 +309,19 @@ class TrainConfig:
             _positive(name, getattr(self, name))
         for name in ("seed", "data_seed"):
             _positive(name, getattr(self, name), minimum=0)
-        for name in ("dcn_num_layers", "dcn_low_rank_dim"):
+        if self.attend_across not in ATTEND_ACROSS:
+            raise ValueError(
+                f"attend_across: expected one of {ATTEND_ACROSS}, got {self.attend_across!r}"
+            )
+        for name in (
+            "dcn_num_layers",
+            "dcn_low_rank_dim",
+            "nhead",
+            "ntransformer_layers",
+            "dim_feedforward",
+            "hidden_layer_size",
+            "deep_fm_dimension",
+        ):
             if getattr(self, name) is not None:
                 _positive(name, getattr(self, name))
         for name in (
@@ -331,6 +363,13 @@ _COMMON = {
     "dcn_num_layers": 3,
     "dcn_low_rank_dim": 64,
     "branch_hidden": [128],
+    # smaller than TorchRec's 8 heads, 4 layers and 2048 (a transformer over 27 tokens of
+    # width 16 needs no more to find pairs; 2048 would make each step ~30 times longer)
+    "nhead": 2,
+    "ntransformer_layers": 2,
+    "dim_feedforward": 64,
+    "hidden_layer_size": 64,
+    "deep_fm_dimension": 32,
 }
 DATA_DEFAULTS = {
     "synthetic": _COMMON
@@ -447,6 +486,16 @@ def build_model(config: TrainConfig, source: DataSource):
             seed=rng,
             dtype=dtype,
         )
+    if config.model == "transformer":
+        return DLRM_Transformer(
+            *args, config.nhead, config.ntransformer_layers, attend_across=config.attend_across,
+            dim_feedforward=config.dim_feedforward, seed=rng, dtype=dtype,
+        )  # fmt: skip
+    if config.model == "deepfm":
+        return SimpleDeepFMNN(
+            source.dense_in_features, ebc, config.hidden_layer_size, config.deep_fm_dimension,
+            seed=rng, dtype=dtype,
+        )  # fmt: skip
     return MODELS[config.model](*args, seed=rng, dtype=dtype)
 
 
