@@ -82,8 +82,7 @@ Modules
 ``transformer``     the softmax's VJP, layer norm, multi-head attention, the key bias
 ``embedding``       the embedding bag (sum, mean, per-id weights)
 ``loss``            BCEWithLogitsLoss, and its stable formula against the textbook one
-``dlrm``            whole tiny DLRM, DLRM_DCN and DLRM_Projection, end to end
-``exact``           only the name lesson 07 imports ``symbols`` by
+``dlrm``            whole tiny DLRM, DLRM_DCN, DLRM_Projection and DLRM_Baseline, end to end
 
 SymPy is needed here only; refimpl itself needs NumPy alone.
 """
