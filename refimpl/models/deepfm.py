@@ -29,7 +29,7 @@ from refimpl.layers.embedding import EmbeddingBagCollection, KeyedJaggedArray, S
 from refimpl.layers.fm import PAIRS, FMInteractionArch
 from refimpl.layers.mlp import Linear, prefixed
 from refimpl.layers.sequential import ReLU, Sequential, Sigmoid
-from refimpl.models.dlrm import _embedding_dim
+from refimpl.models.dlrm import check_collection, check_model_inputs, model_gradients
 
 OUTPUTS = ("logits", "probabilities")
 
@@ -255,12 +255,7 @@ class SimpleDeepFMNN(Layer):
         dtype=np.float64,
     ):
         super().__init__(dtype)
-        dim = _embedding_dim(embedding_bag_collection)  # TorchRec's two checks
-        if embedding_bag_collection.dtype != self.dtype:
-            raise TypeError(
-                f"embedding_bag_collection: its tables are {embedding_bag_collection.dtype}, "
-                f"the model's dtype is {self.dtype}; build both with one dtype"
-            )
+        dim = check_collection(embedding_bag_collection, self.dtype)
         self.num_dense_features = check_positive_int("num_dense_features", num_dense_features)
         hidden = check_positive_int("hidden_layer_size", hidden_layer_size)
         deep = check_positive_int("deep_fm_dimension", deep_fm_dimension)
@@ -326,19 +321,7 @@ class SimpleDeepFMNN(Layer):
         )
 
     def _check_inputs(self, dense_features, sparse_features) -> None:
-        check_array(
-            "dense_features", dense_features, "B I", {"I": self.num_dense_features}, self.dtype
-        )
-        if not isinstance(sparse_features, KeyedJaggedArray):
-            raise TypeError(
-                f"sparse_features: expected a KeyedJaggedArray, got "
-                f"{type(sparse_features).__name__}"
-            )
-        if sparse_features.stride != dense_features.shape[0]:
-            raise ValueError(
-                f"sparse_features: B = {sparse_features.stride} bags per key, but "
-                f"dense_features has B = {dense_features.shape[0]} rows"
-            )
+        check_model_inputs(dense_features, sparse_features, self.num_dense_features, self.dtype)
 
     def _by_name(self, embedded_sparse: np.ndarray) -> dict[str, np.ndarray]:
         """(B, F, D) as the interaction reads it: feature name to its (B, D) bags."""
@@ -389,13 +372,8 @@ class SimpleDeepFMNN(Layer):
         d_embedded_sparse = np.stack([d_by_name[n] for n in names], axis=1)  # (B, F, D)
         d_weights, d_sparse = self.sparse_arch.backward(d_embedded_sparse, sparse_cache)
         d_dense_features, d_dense = self.dense_arch.backward(d_embedded_dense, dense_cache)
-        grads = {
-            **prefixed("sparse_arch", d_sparse),
-            **prefixed("dense_arch", d_dense),
-            **prefixed("inter_arch", d_inter),
-            **prefixed("over_arch", d_over),
-        }
-        return d_dense_features, d_weights, {k: grads[k] for k in self.params}
+        d_params = model_gradients(self.params, d_sparse, d_dense, d_inter, d_over)
+        return d_dense_features, d_weights, d_params
 
     def kink_distance(self, dense_features, sparse_features) -> float:
         """The nearest ReLU pre-activation to 0 in the dense arch and the deep branch."""

@@ -89,8 +89,9 @@ class DLRMCache(NamedTuple):
     over_arch: object
 
 
-def _embedding_dim(embedding_bag_collection) -> int:
-    """D of the collection, with TorchRec's two checks (at least one table, one D for all)."""
+def check_collection(embedding_bag_collection, dtype) -> int:
+    """D of the collection, with TorchRec's two checks (at least one table, one D for all) and
+    ours (its dtype is the model's)."""
     if not isinstance(embedding_bag_collection, EmbeddingBagCollection):
         raise TypeError(
             "embedding_bag_collection: expected a refimpl EmbeddingBagCollection, got "
@@ -105,7 +106,37 @@ def _embedding_dim(embedding_bag_collection) -> int:
             f"embedding_bag_collection: all EmbeddingBagConfigs must have the same "
             f"embedding_dim D, got {dims}"
         )
+    if embedding_bag_collection.dtype != dtype:
+        raise TypeError(
+            f"embedding_bag_collection: its tables are {embedding_bag_collection.dtype}, "
+            f"the model's dtype is {dtype}; build both with one dtype"
+        )
     return tables[0].embedding_dim
+
+
+def check_model_inputs(dense_features, sparse_features, dense_in_features: int, dtype) -> None:
+    """A whole model's two inputs: dense (B, I) of the model's dtype, B bags per key."""
+    check_array("dense_features", dense_features, "B I", {"I": dense_in_features}, dtype)
+    if not isinstance(sparse_features, KeyedJaggedArray):
+        raise TypeError(
+            f"sparse_features: expected a KeyedJaggedArray, got {type(sparse_features).__name__}"
+        )
+    if sparse_features.stride != dense_features.shape[0]:
+        raise ValueError(
+            f"sparse_features: B = {sparse_features.stride} bags per key, but "
+            f"dense_features has B = {dense_features.shape[0]} rows"
+        )
+
+
+def model_gradients(params, d_sparse, d_dense, d_inter, d_over) -> dict:
+    """The four children's gradients under the model's keys, in ``params``' order."""
+    grads = {
+        **prefixed("sparse_arch", d_sparse),
+        **prefixed("dense_arch", d_dense),
+        **prefixed("inter_arch", d_inter),
+        **prefixed("over_arch", d_over),
+    }
+    return {k: grads[k] for k in params}
 
 
 class DLRM(Layer):
@@ -183,12 +214,7 @@ class DLRM(Layer):
         dtype=np.float64,
     ):
         super().__init__(dtype)
-        dim = _embedding_dim(embedding_bag_collection)
-        if embedding_bag_collection.dtype != self.dtype:
-            raise TypeError(
-                f"embedding_bag_collection: its tables are {embedding_bag_collection.dtype}, "
-                f"the model's dtype is {self.dtype}; build both with one dtype"
-            )
+        dim = check_collection(embedding_bag_collection, self.dtype)
         self.dense_in_features = check_positive_int("dense_in_features", dense_in_features)
         dense_sizes = check_layer_sizes("dense_arch_layer_sizes", dense_arch_layer_sizes)
         over_sizes = check_layer_sizes("over_arch_layer_sizes", over_arch_layer_sizes)
@@ -244,19 +270,7 @@ class DLRM(Layer):
         return f"{type(self).__name__}({self._config()})"
 
     def _check_inputs(self, dense_features, sparse_features) -> None:
-        check_array(
-            "dense_features", dense_features, "B I", {"I": self.dense_in_features}, self.dtype
-        )
-        if not isinstance(sparse_features, KeyedJaggedArray):
-            raise TypeError(
-                f"sparse_features: expected a KeyedJaggedArray, got "
-                f"{type(sparse_features).__name__}"
-            )
-        if sparse_features.stride != dense_features.shape[0]:
-            raise ValueError(
-                f"sparse_features: B = {sparse_features.stride} bags per key, but "
-                f"dense_features has B = {dense_features.shape[0]} rows"
-            )
+        check_model_inputs(dense_features, sparse_features, self.dense_in_features, self.dtype)
 
     def forward(self, dense_features: np.ndarray, sparse_features: KeyedJaggedArray):
         """
@@ -298,13 +312,8 @@ class DLRM(Layer):
         )  # (B, D), (B, F, D)
         d_weights, d_sparse = self.sparse_arch.backward(d_embedded_sparse, sparse_cache)
         d_dense_features, d_dense = self.dense_arch.backward(d_embedded_dense, dense_cache)
-        grads = {
-            **prefixed("sparse_arch", d_sparse),
-            **prefixed("dense_arch", d_dense),
-            **prefixed("inter_arch", d_inter),
-            **prefixed("over_arch", d_over),
-        }
-        return d_dense_features, d_weights, {k: grads[k] for k in self.params}
+        d_params = model_gradients(self.params, d_sparse, d_dense, d_inter, d_over)
+        return d_dense_features, d_weights, d_params
 
     def kink_distance(self, dense_features, sparse_features) -> float:
         """The nearest ReLU pre-activation to 0 in the dense arch, interaction and over arch."""
