@@ -22,7 +22,7 @@ from refimpl.tools.bench import cases as bench_cases
 from refimpl.tools.bench import dlrm_cases
 from refimpl.tools.bench import main as bench_main
 from refimpl.tools.bench.caches import CacheEntry, cache_bytes, describe_cache, summarize
-from refimpl.tools.bench.cases import QUICK, Sizes, Target, select_cases
+from refimpl.tools.bench.cases import select_cases
 from refimpl.tools.bench.harness import Schedule, WorkerProcess, run_rounds
 from refimpl.tools.bench.report import (
     COLUMNS,
@@ -32,6 +32,7 @@ from refimpl.tools.bench.report import (
     Timing,
     format_targets,
 )
+from refimpl.tools.bench.spec import DTYPES, PRODUCTION, QUICK, Sizes, Target
 from refimpl.tools.bench.worker import RefimplContender, read_case_file, torch_contender
 from refimpl.tools.flops import FlopCount
 
@@ -52,7 +53,7 @@ def test_every_case_builds_at_quick_sizes_with_a_unique_label():
 
 def test_sizes_survive_the_trip_to_a_worker():
     assert Sizes.from_json(QUICK.to_json()) == QUICK
-    assert Sizes.from_json(bench_cases.PRODUCTION.to_json()) == bench_cases.PRODUCTION
+    assert Sizes.from_json(PRODUCTION.to_json()) == PRODUCTION
 
 
 def test_layer_selection():
@@ -75,10 +76,10 @@ def test_matmul_bound_rows_are_judged_against_the_peak():
 
 
 def test_sizes_give_every_sparse_feature_its_bag_size_and_table():
-    assert len(bench_cases.PRODUCTION.multi_hot) == bench_cases.PRODUCTION.features == 26
-    assert sum(bench_cases.PRODUCTION.multi_hot) == 214  # MLPerf DLRM-DCNv2's ids per sample
-    assert max(bench_cases.PRODUCTION.table_rows) == 100_000
-    assert min(bench_cases.PRODUCTION.table_rows) == 3
+    assert len(PRODUCTION.multi_hot) == PRODUCTION.features == 26
+    assert sum(PRODUCTION.multi_hot) == 214  # MLPerf DLRM-DCNv2's ids per sample
+    assert max(PRODUCTION.table_rows) == 100_000
+    assert min(PRODUCTION.table_rows) == 3
     with pytest.raises(ValueError, match="multi_hot: expected one entry per sparse feature"):
         dataclasses.replace(QUICK, multi_hot=(1, 2))
 
@@ -137,30 +138,12 @@ def test_refimpl_prepares_the_file_every_contender_loads(tmp_path):
     assert contender.handle(run)["ok"] is False
 
 
-def test_a_layer_that_does_not_exist_yet_is_reported_not_crashed(tmp_path, monkeypatch):
-    def missing(sizes, dtype, rng):
-        return bench_cases.layer_class("NoSuchLayer")(), ()
-
-    case = bench_cases.Case("NoSuchLayer", lambda s: "x", missing, None)
-    monkeypatch.setattr(bench_cases, "cases", lambda: [case])
-    reply = RefimplContender().handle(
-        {
-            "op": "prepare",
-            "data": str(tmp_path / "c.npz"),
-            "case": "NoSuchLayer x",
-            "sizes": QUICK.to_json(),
-            "dtype": "float32",
-        }
-    )
-    assert reply["status"] == "not available yet" and "NoSuchLayer" in reply["note"]
-
-
 def _prepared(case, dtype: str, path: Path):
     """refimpl's layer and inputs for ``case`` at QUICK sizes as its worker builds them, and
     the file it writes for the other contenders."""
     request = {"case": case.label(QUICK), "sizes": QUICK.to_json(), "dtype": dtype}
     assert RefimplContender().handle({"op": "prepare", "data": str(path), **request})["ok"]
-    return case.build(QUICK, bench_cases.DTYPES[dtype], np.random.default_rng(0))
+    return case.build(QUICK, DTYPES[dtype], np.random.default_rng(0))
 
 
 @pytest.mark.parity
@@ -340,12 +323,12 @@ def test_least_traffic_of_the_memory_bound_layers():
 
 def test_report_has_every_column_and_the_readme_table(tmp_path):
     ok = _result(refimpl=Timing([(0.001, 0.003)]), torch=Timing([(0.002, 0.004)]))
-    missing = _result(layer="M", status="not available yet")
-    report = BenchReport(QUICK, [ok, missing], {}, {}, {"CPU": "x"}, {"B": "64"})
+    failed = _result(layer="M", status="error: boom")
+    report = BenchReport(QUICK, [ok, failed], {}, {}, {"CPU": "x"}, {"B": "64"})
     md = report.markdown()
     assert "| " + " | ".join(COLUMNS) + " |" in md and "## Method" in md
     assert report.readme_table().splitlines()[0] == "| " + " | ".join(README_COLUMNS) + " |"
-    assert "not available yet" in report.text() and "0.75 (0.75–0.75)" in report.text()
+    assert "error: boom" in report.text() and "0.75 (0.75–0.75)" in report.text()
 
 
 class _Cache(NamedTuple):

@@ -4,6 +4,7 @@ compute, in both dtypes, with blocks small enough that several threads share the
 import numpy as np
 import pytest
 
+from refimpl.fast import threads
 from refimpl.fast import transformer as fast
 from refimpl.layers import transformer as textbook
 from refimpl.layers.transformer import TransformerEncoderLayer
@@ -18,7 +19,7 @@ TOL = {np.float64: 1e-12, np.float32: 1e-5}
 def test_fast_encoder_layer_equals_the_textbook_form(
     monkeypatch, rng, dtype, sequences, length, width, heads, hidden
 ):
-    monkeypatch.setattr(fast, "BLOCK_BYTES", 256)  # many blocks, spread over threads
+    monkeypatch.setattr(threads, "BLOCK_BYTES", 256)  # many blocks, spread over threads
     monkeypatch.setattr(fast, "FF_BLOCK_BYTES", 5 * hidden * np.dtype(dtype).itemsize)  # 5 rows
     layer = TransformerEncoderLayer(width, heads, hidden, batch_first=True, seed=0, dtype=dtype)
     for value in layer.params.values():
@@ -44,6 +45,6 @@ def test_fast_encoder_layer_equals_the_textbook_form(
 
 
 def test_blocks_cover_every_row_once():
-    blocks = fast._blocks(10, 3, 8)
+    blocks = threads.row_blocks(10, 3, 8)
     rows = np.concatenate([np.arange(10)[b] for b in blocks])
     np.testing.assert_array_equal(rows, np.arange(10))

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from refimpl.fast.transformer import _blocks, _run_blocks
-from refimpl.layers import fm as textbook  # read at call time: the layer imports us
+from refimpl.fast.threads import on_blocks, row_blocks
 
 
 def fm_scalar_pairs_forward_fast(embeddings):
     """Equals :func:`refimpl.layers.fm.flatten_embeddings` followed by
-    :func:`refimpl.layers.fm.fm_scalar_pairs_forward`."""
+    :func:`refimpl.layers.fm.fm_scalar_pairs_forward`: returns ``(out, x, s)``, the output
+    (B, 1) and what its cache holds, the flattened input x (B, N) and its sum s (B, 1)."""
     batch = embeddings[0].shape[0]
     pieces = [
         e.reshape(batch, -1) if batch else e.reshape(0, int(np.prod(e.shape[1:])))
@@ -34,13 +34,13 @@ def fm_scalar_pairs_forward_fast(embeddings):
         total[rows, 0] = part.sum(axis=1)  # s
         out[rows, 0] = (total[rows, 0] * total[rows, 0] - np.vecdot(part, part)) / 2
 
-    _run_blocks(block, _blocks(*flat.shape, flat.itemsize))
-    return out, textbook.FMCache(flat, total)
+    on_blocks(block, row_blocks(*flat.shape, flat.itemsize))
+    return out, flat, total
 
 
-def fm_scalar_pairs_backward_fast(d_out: np.ndarray, cache) -> np.ndarray:
-    """Equals :func:`refimpl.layers.fm.fm_scalar_pairs_backward`: ``d · (s − x)``."""
-    flat, total = cache
+def fm_scalar_pairs_backward_fast(d_out: np.ndarray, flat: np.ndarray, total: np.ndarray):
+    """Equals :func:`refimpl.layers.fm.fm_scalar_pairs_backward` with the cache's x (B, N) and
+    s (B, 1): ``d · (s − x)``."""
     d_flat = np.empty_like(flat)  # (B, N)
 
     def block(rows: slice) -> None:
@@ -48,5 +48,5 @@ def fm_scalar_pairs_backward_fast(d_out: np.ndarray, cache) -> np.ndarray:
         np.subtract(total[rows], flat[rows], out=part)
         part *= d_out[rows]
 
-    _run_blocks(block, _blocks(*flat.shape, flat.itemsize))
+    on_blocks(block, row_blocks(*flat.shape, flat.itemsize))
     return d_flat

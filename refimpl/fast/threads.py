@@ -1,4 +1,4 @@
-"""Per-sample work spread over threads, a slice of the batch each.
+"""Per-sample work spread over threads, a slice of the batch each (or cache-sized blocks of rows).
 
 NumPy runs an elementwise pass, a gather, or a stack of small matrix products
 ``(B, m, k) @ (B, k, n)`` on one core (each product is too small for BLAS to spread over
@@ -15,6 +15,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 SPLIT_MIN_WORK = 1 << 22  # operations below which one thread beats handing out slices
+BLOCK_BYTES = 1 << 20  # a block of rows: about a megabyte, small enough to stay in cache
 
 
 def num_threads() -> int:
@@ -57,3 +58,25 @@ def on_batch_slices(
         return
     with ThreadPoolExecutor(threads, thread_name_prefix="refimpl-batch") as pool:
         list(pool.map(work, batch_slices(batch, threads)))  # list(): re-raises a thread's error
+
+
+def row_blocks(rows: int, width: int, itemsize: int) -> list[slice]:
+    """Consecutive slices of ``range(rows)``, each about :data:`BLOCK_BYTES` of a (rows, width)
+    array of ``itemsize``-byte numbers (at least one row).
+
+    >>> row_blocks(10, 3, 8)                 # 24-byte rows: one block holds them all
+    [slice(0, 10, None)]
+    """
+    step = max(1, BLOCK_BYTES // max(1, width * itemsize))
+    return [slice(lo, min(lo + step, rows)) for lo in range(0, rows, step)]
+
+
+def on_blocks(work: Callable, blocks: list[slice]) -> list:
+    """``work(block)`` for every block, on up to :func:`num_threads` threads; the results in
+    the blocks' order. Blocks small enough to stay in cache let a chain of NumPy passes over
+    the same rows read them from cache rather than from memory."""
+    threads = min(num_threads(), len(blocks))
+    if threads < 2:
+        return [work(block) for block in blocks]
+    with ThreadPoolExecutor(threads, thread_name_prefix="refimpl-blocks") as pool:
+        return list(pool.map(work, blocks))  # list(): re-raises a thread's error

@@ -22,33 +22,17 @@ another order than the textbook's one product, so float32 results differ in the 
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-
 import numpy as np
 
-from refimpl.fast.threads import num_threads
+from refimpl.fast.threads import on_blocks, row_blocks
 from refimpl.layers import transformer as textbook  # read at call time: the layer imports us
 from refimpl.layers.mlp import linear_forward, prefixed
 
-BLOCK_BYTES = 1 << 20  # rows per block: about a megabyte of the (tokens, M) array
 FF_BLOCK_BYTES = 1 << 24  # the feed-forward backward's blocks: 16 MB of (tokens, M)
 
 
-def _blocks(rows: int, width: int, itemsize: int) -> list[slice]:
-    step = max(1, BLOCK_BYTES // max(1, width * itemsize))
-    return [slice(lo, min(lo + step, rows)) for lo in range(0, rows, step)]
-
-
-def _run_blocks(function, blocks: list[slice]):
-    threads = min(num_threads(), len(blocks))
-    if threads < 2:
-        return [function(block) for block in blocks]
-    with ThreadPoolExecutor(threads, thread_name_prefix="refimpl-ff") as pool:
-        return list(pool.map(function, blocks))
-
-
 def _row_blocks(array: np.ndarray) -> list[slice]:
-    return _blocks(array.shape[0], array.shape[-1], array.itemsize)
+    return row_blocks(array.shape[0], array.shape[-1], array.itemsize)
 
 
 def layer_norm_forward_fast(params, x: np.ndarray, eps, residual=None):
@@ -65,7 +49,7 @@ def layer_norm_forward_fast(params, x: np.ndarray, eps, residual=None):
             params, summed, eps
         )
 
-    _run_blocks(block, _row_blocks(rows))
+    on_blocks(block, _row_blocks(rows))
     cache = textbook.LayerNormCache(normalized.reshape(x.shape), inv_std.reshape(*x.shape[:-1], 1))
     return out.reshape(x.shape), cache
 
@@ -85,7 +69,7 @@ def layer_norm_backward_fast(params, d_out: np.ndarray, cache, d_residual=None):
         d_x[part], d_params = textbook.layer_norm_backward(params, d_part, part_cache)
         return d_params
 
-    shares = _run_blocks(block, _row_blocks(d_rows))
+    shares = on_blocks(block, _row_blocks(d_rows))
     d_params = {k: np.sum([s[k] for s in shares], axis=0, dtype=d_x.dtype) for k in shares[0]}
     return d_x.reshape(d_out.shape), d_params
 
@@ -97,7 +81,7 @@ def _softmax_rows(scores: np.ndarray) -> np.ndarray:
     def block(part: slice) -> None:
         probs[part] = textbook.softmax(rows[part])
 
-    _run_blocks(block, _row_blocks(rows))
+    on_blocks(block, _row_blocks(rows))
     return probs.reshape(scores.shape)
 
 
@@ -108,7 +92,7 @@ def _softmax_backward_rows(probs: np.ndarray, d_probs: np.ndarray) -> np.ndarray
     def block(part: slice) -> None:
         d_scores[part] = textbook.softmax_backward(rows[part], d_rows[part])
 
-    _run_blocks(block, _row_blocks(rows))
+    on_blocks(block, _row_blocks(rows))
     return d_scores.reshape(probs.shape)
 
 
@@ -183,7 +167,7 @@ def feed_forward_fast(params, x: np.ndarray):
         part += bias
         np.maximum(part, 0, out=part)
 
-    _run_blocks(bias_relu, _blocks(*hidden.shape, hidden.itemsize))
+    on_blocks(bias_relu, row_blocks(*hidden.shape, hidden.itemsize))
     out, _ = linear_forward(textbook.sub_params(params, "linear2."), hidden)  # (N·S, E)
     hidden = hidden.reshape(*x.shape[:-1], -1)  # (N, S, M)
     return out.reshape(x.shape), textbook.FeedForwardCache(x, hidden)

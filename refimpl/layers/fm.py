@@ -239,7 +239,8 @@ class FactorizationMachine(Layer):
         arrays = check_embeddings(embeddings)
         shapes = tuple(e.shape for e in arrays)
         if self.pairs == "scalars":  # the fast path: the same numbers (tests/test_fast_fm.py)
-            out, cache = fast.fm_scalar_pairs_forward_fast(arrays)
+            out, flat, total = fast.fm_scalar_pairs_forward_fast(arrays)  # (B, 1), (B, N), (B, 1)
+            cache = FMCache(flat, total)
         else:
             out, cache = fm_feature_pairs_forward(stack_features(arrays))
         return out, FactorizationMachineCache(shapes, cache)
@@ -260,7 +261,7 @@ class FactorizationMachine(Layer):
         inputs = fm.inputs
         check_array("d_out", d_out, "B 1", {"B": inputs.shape[0]}, inputs.dtype)
         if self.pairs == "scalars":
-            return split_flat(fast.fm_scalar_pairs_backward_fast(d_out, fm), shapes), {}
+            return split_flat(fast.fm_scalar_pairs_backward_fast(d_out, *fm), shapes), {}
         d_stacked = fm_feature_pairs_backward(d_out, fm)  # (B, F, D)
         counts = [1 if len(shape) == 2 else shape[1] for shape in shapes]
         pieces = np.split(d_stacked, np.cumsum(counts)[:-1], axis=1)

@@ -11,8 +11,11 @@ bytes per sample, and each layer's target with whether this run met it.
 
 The jobs, one module each:
 
-- :mod:`~refimpl.tools.bench.cases`: what is measured. One declarative :class:`Case` per row;
-  adding a row is one entry there (its docstring shows one).
+- :mod:`~refimpl.tools.bench.spec`: what a row is: the sizes, the ``Case`` and ``Target``
+  records, one timed run of each side.
+- :mod:`~refimpl.tools.bench.cases`: what is measured. One declarative ``Case`` per row;
+  adding a row is one entry there (its docstring shows one). Whole models and training steps
+  are built in :mod:`~refimpl.tools.bench.dlrm_cases`.
 - :mod:`~refimpl.tools.bench.worker`: one contender timing itself in its own process.
 - :mod:`~refimpl.tools.bench.harness`: the parent that alternates the workers over rounds.
 - :mod:`~refimpl.tools.bench.machine`: the machine, the BLAS libraries, threads, bandwidth.

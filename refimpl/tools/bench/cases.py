@@ -1,7 +1,8 @@
-"""What is measured: the sizes, the rows of the table, and what one timed run is.
+"""What is measured: the rows of the table, and the builders of the layers' rows.
 
-Each row is one :class:`Case`, a declarative entry in :func:`cases`. Adding a row (the
-embedding bags, a whole model, a training step, another interaction) is one entry::
+Each row is one :class:`~refimpl.tools.bench.spec.Case` (:mod:`refimpl.tools.bench.spec` says
+what a row is), a declarative entry in :func:`cases`. Adding a row (the embedding bags, a
+whole model, a training step, another interaction) is one entry::
 
     Case(
         "EmbeddingBagCollection",                    # the refimpl class name (--layer picks it)
@@ -13,13 +14,13 @@ embedding bags, a whole model, a training step, another interaction) is one entr
     )
 
 The refimpl object and the TorchRec module must share ``state_dict`` keys and shapes: the
-harness hands refimpl's weights to TorchRec through a file. One timed run is
-:func:`layer_step` (forward, then backward on a fixed upstream gradient) and
-:func:`module_step` for TorchRec; a row that times something else, such as a training step
-with its optimizer, passes its own ``refimpl_step`` and ``torch_step`` with the same
-signature. ``traffic`` (optional) is the least number of bytes any implementation must move
-per run; the report then states the memory-bandwidth bound. New sizes go into :class:`Sizes`
-with a value in both ``PRODUCTION`` and ``QUICK``.
+harness hands refimpl's weights to TorchRec through a file. One timed run is ``layer_step``
+(forward, then backward on a fixed upstream gradient) and ``module_step`` for TorchRec; a
+row that times something else, such as a training step with its optimizer, passes its own
+``refimpl_step`` and ``torch_step`` with the same signature. ``traffic`` (optional) is the
+least number of bytes any implementation must move per run; the report then states the
+memory-bandwidth bound. New sizes go into ``Sizes``, with a value in both ``PRODUCTION`` and
+``QUICK``.
 
 Inputs that are not one array each (a :class:`~refimpl.KeyedJaggedArray`, a list, a dict of
 features) cross the file as arrays: ``arrays(inputs)`` gives the arrays refimpl writes, and
@@ -27,8 +28,8 @@ features) cross the file as arrays: ``arrays(inputs)`` gives the arrays refimpl 
 ``KeyedJaggedTensor``, a ``KeyedTensor``, a list of tensors). ``torch_dtypes`` names the
 dtypes TorchRec's module runs in (others get no TorchRec column, said in the report),
 ``dtypes`` those the row is measured in at all, and ``note`` is what the report prints under
-the table: what exactly is compared. The rows
-of whole models and training steps are built in :mod:`refimpl.tools.bench.dlrm_cases`.
+the table: what exactly is compared. The rows of whole models and training steps are built
+in :mod:`refimpl.tools.bench.dlrm_cases`.
 
 Nothing here imports torch at module level: the builders import it when a TorchRec worker
 calls them.
@@ -36,238 +37,22 @@ calls them.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 
-from refimpl.tools.flops import FlopCount, count_flops, fm_flops, projection_flops
-
-DTYPES = {"float32": np.float32, "float64": np.float64}
-PEAK_TARGET = 0.70  # matmul-bound layers: at least this fraction of NumPy's GEMM rate
-
-
-@dataclass(frozen=True)
-class Sizes:
-    """Everything the cases are built from. ``PRODUCTION`` is the layers' real sizes (B=1024,
-    F=26, D=128, so N=3456); ``QUICK`` is tiny, for a smoke test."""
-
-    batch: int
-    features: int  # F
-    dim: int  # D
-    layers: int  # L of the cross networks
-    low_rank: int  # LowRankCrossNet's r
-    experts: int  # LowRankMixtureCrossNet's K
-    expert_rank: int  # LowRankMixtureCrossNet's r
-    seed_branches: tuple[tuple[int, ...], tuple[int, ...]]  # the seed's projection
-    torchrec_branches: tuple[tuple[int, ...], tuple[int, ...]]  # TorchRec's example's
-    dense_arch: tuple[int, tuple[int, ...]]  # (in_features, layer_sizes)
-    over_arch_sizes: tuple[int, ...]  # its in_features is D + P of the dot interaction
-    mlp: tuple[int, ...]  # an MLP over N: one projection branch of TorchRec's example
-    peak_size: int  # n of the n×n×n GEMM that measures the matmul peak
-    multi_hot: tuple[int, ...]  # ids in every bag of each sparse feature (F entries)
-    table_rows: tuple[int, ...]  # rows of each sparse feature's table (F entries)
-    deep_fm_dimension: int  # DI, the width of FMInteractionArch's deep branch
-    transformer_layers: int  # InteractionTransformerArch's encoder layers
-
-    def __post_init__(self):
-        for name in ("multi_hot", "table_rows"):
-            if len(getattr(self, name)) != self.features:
-                raise ValueError(
-                    f"{name}: expected one entry per sparse feature, F = {self.features}, got "
-                    f"{len(getattr(self, name))}"
-                )
-
-    @property
-    def n(self) -> int:
-        return (self.features + 1) * self.dim
-
-    @property
-    def over_arch_in(self) -> int:
-        return self.dim + self.features * (self.features + 1) // 2
-
-    def to_json(self) -> dict:
-        """A plain dict (tuples become lists) that :meth:`from_json` reads back."""
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
-
-    @classmethod
-    def from_json(cls, data: dict) -> Sizes:
-        def tuples(x):
-            return tuple(tuples(i) for i in x) if isinstance(x, list) else x
-
-        return cls(**{k: tuples(v) for k, v in data.items()})
-
-
-# Rows of MLPerf's DLRM-DCNv2 tables (Criteo 1TB), one per sparse feature.
-MLPERF_TABLE_ROWS = (
-    40_000_000, 39_060, 17_295, 7_424, 20_265, 3, 7_122, 1_543, 63, 40_000_000, 3_067_956,
-    405_282, 10, 2_209, 11_938, 155, 4, 976, 14, 40_000_000, 40_000_000, 40_000_000, 590_152,
-    12_973, 108, 36,
-)  # fmt: skip
-
-PRODUCTION = Sizes(
-    batch=1024,
-    features=26,
-    dim=128,
-    layers=3,
-    low_rank=512,  # TorchRec's DLRM example's --dcn_low_rank_dim default
-    experts=4,
-    expert_rank=128,
-    seed_branches=((256,), (512,)),  # the seed: [B, 256] -> (B, 2, 128), [B, 512] -> (B, 128, 4)
-    # TorchRec's DLRM example: --interaction_branch{1,2}_layer_sizes default "2048,2048", each
-    # a DenseArch of two layers.
-    torchrec_branches=((2048, 2048), (2048, 2048)),
-    dense_arch=(13, (512, 256, 128)),
-    over_arch_sizes=(1024, 1024, 512, 256, 1),
-    mlp=(2048, 2048),
-    peak_size=2048,
-    # MLPerf's DLRM-DCNv2 (Criteo 1TB, multi-hot): ids per bag of each of the 26 features, and
-    # its tables' rows capped at 100,000 (the uncapped tables hold 204 million rows).
-    multi_hot=(3, 2, 1, 2, 6, 1, 1, 1, 1, 7, 3, 8, 1, 6, 9, 5, 1, 1, 1, 12, 100, 27, 10, 3, 1, 1),
-    table_rows=tuple(min(rows, 100_000) for rows in MLPERF_TABLE_ROWS),
-    deep_fm_dimension=512,  # as wide as the DCN's rank r: a deep branch N -> 512
-    transformer_layers=4,  # TorchRec's default
+import refimpl
+from refimpl.tools.bench import dlrm_cases as dlrm
+from refimpl.tools.bench.spec import (
+    DTYPES,
+    PEAK_TARGET,
+    Case,
+    Sizes,
+    Target,
+    normal,
+    torch_tensors,
 )
-
-QUICK = Sizes(
-    batch=64,
-    features=4,
-    dim=16,
-    layers=2,
-    low_rank=16,
-    experts=2,
-    expert_rank=8,
-    seed_branches=((32,), (64,)),
-    torchrec_branches=((64, 64), (64, 64)),
-    dense_arch=(13, (64, 32, 16)),
-    over_arch_sizes=(64, 32, 1),
-    mlp=(64, 64),
-    peak_size=256,
-    multi_hot=(3, 1, 8, 2),
-    table_rows=(1000, 3, 500, 40),
-    deep_fm_dimension=32,
-    transformer_layers=1,
-)
-
-
-@dataclass(frozen=True)
-class Target:
-    """``kind`` "ratio": forward+backward at most ``value`` × TorchRec's time (layers that
-    matrix products do not bound). ``kind`` "peak": at least ``value`` of NumPy's own GEMM
-    rate, measured beside it (matmul-bound layers)."""
-
-    kind: str
-    value: float
-
-    def __str__(self) -> str:
-        if self.kind == "ratio":
-            return f"<= {self.value:g}x TorchRec"
-        return f">= {self.value:.0%} peak"
-
-
-def layer_step(layer, inputs, d_out) -> Callable[[], tuple[float, float]]:
-    """One refimpl run: ``forward`` then ``backward(d_out)``; returns (forward s, total s).
-
-    The forward time is read inside the same run, so it includes building the cache.
-    """
-
-    def run():
-        start = time.perf_counter()
-        _, cache = layer.forward(*inputs)
-        middle = time.perf_counter()
-        layer.backward(d_out, cache)
-        return middle - start, time.perf_counter() - start
-
-    return run
-
-
-def module_step(module, inputs, d_out) -> Callable[[], tuple[float, float]]:
-    """One TorchRec run: forward with autograd recording (as in training), then
-    ``backward(d_out)`` into freshly zeroed gradients; returns (forward s, total s)."""
-    tensors = [*held_tensors(inputs), *module.parameters()]
-
-    def run():
-        for t in tensors:
-            t.grad = None  # a fresh step, as after optimizer.zero_grad()
-        start = time.perf_counter()
-        out = module(*inputs)
-        middle = time.perf_counter()
-        out.backward(d_out)
-        return middle - start, time.perf_counter() - start
-
-    return run
-
-
-def held_tensors(value):
-    """Every tensor an input holds: itself, a list's or dict's items, or the ``values()`` of
-    a TorchRec ``KeyedTensor`` or ``KeyedJaggedTensor``."""
-    if isinstance(value, list | tuple):
-        for item in value:
-            yield from held_tensors(item)
-    elif isinstance(value, dict):
-        for item in value.values():
-            yield from held_tensors(item)
-    elif hasattr(value, "grad"):
-        yield value
-    elif callable(getattr(value, "values", None)):
-        yield value.values()
-
-
-def torch_tensors(arrays, sizes: Sizes) -> list:
-    """TorchRec's arguments when each input is one float array: a tensor each, recording its
-    gradient (refimpl's backward returns every input's gradient too)."""
-    import torch
-
-    return [torch.from_numpy(x).requires_grad_(True) for x in arrays]
-
-
-@dataclass(frozen=True)
-class Case:
-    """One row of the table: a refimpl layer (or model) at some sizes, and its TorchRec twin.
-
-    ``build(sizes, dtype, rng)`` returns ``(layer, inputs)`` and may raise ImportError while
-    the layer is not written yet. ``torchrec(sizes)`` builds the TorchRec module (None: no
-    TorchRec column). ``flops(layer, *inputs)`` gives the analytic :class:`FlopCount` (None:
-    not counted). ``traffic(sizes, itemsize)``: the least bytes one run must move, for the
-    bandwidth bound (None: not stated). ``arrays(inputs)``: the arrays the inputs are written
-    as; ``torch_inputs(arrays, sizes)``: TorchRec's arguments made from them;
-    ``torch_dtypes``: the dtypes TorchRec's module runs in; ``dtypes``: the dtypes the row is
-    measured in at all (its note says why, when not every one); ``note``: what the row
-    compares, for the report.
-    """
-
-    name: str
-    config: Callable[[Sizes], str]
-    build: Callable
-    torchrec: Callable | None
-    target: Target | None = None
-    flops: Callable | None = count_flops
-    traffic: Callable | None = None
-    refimpl_step: Callable = layer_step
-    torch_step: Callable = module_step
-    arrays: Callable = list
-    torch_inputs: Callable = torch_tensors
-    torch_dtypes: tuple[str, ...] = tuple(DTYPES)
-    dtypes: tuple[str, ...] = tuple(DTYPES)
-    note: str = ""
-
-    def label(self, sizes: Sizes) -> str:
-        return f"{self.name} {self.config(sizes)}"
-
-
-def layer_class(name: str):
-    """A refimpl layer class by name, or ImportError while it does not exist yet."""
-    import refimpl
-
-    try:
-        return getattr(refimpl, name)
-    except AttributeError as exc:
-        raise ImportError(f"refimpl.{name} does not exist yet") from exc
-
-
-def normal(rng: np.random.Generator, shape, dtype) -> np.ndarray:
-    return rng.standard_normal(shape).astype(dtype)
+from refimpl.tools.flops import FlopCount, fm_flops, projection_flops
 
 
 def dot_inputs(sizes: Sizes, dtype, rng):
@@ -286,7 +71,7 @@ def _flat_inputs(sizes: Sizes, dtype, rng, width=None):
 def _crossnet(kind: str, **options):
     def build(sizes, dtype, rng):
         opts = {k: v(sizes) for k, v in options.items()}
-        net = layer_class(kind)(sizes.n, sizes.layers, **opts, seed=rng, dtype=dtype)
+        net = getattr(refimpl, kind)(sizes.n, sizes.layers, **opts, seed=rng, dtype=dtype)
         return net, _flat_inputs(sizes, dtype, rng)
 
     def torchrec(sizes):
@@ -299,7 +84,7 @@ def _crossnet(kind: str, **options):
 
 
 def _build_dot(sizes, dtype, rng):
-    arch = layer_class("InteractionArch")(sizes.features, dtype=dtype)
+    arch = refimpl.InteractionArch(sizes.features, dtype=dtype)
     return arch, dot_inputs(sizes, dtype, rng)
 
 
@@ -324,10 +109,8 @@ def _vector_traffic(sizes: Sizes, itemsize: int) -> int:
 
 
 def _build_dcn(sizes, dtype, rng):
-    net = layer_class("LowRankCrossNet")(
-        sizes.n, sizes.layers, sizes.low_rank, seed=rng, dtype=dtype
-    )
-    return layer_class("InteractionDCNArch")(sizes.features, net), dot_inputs(sizes, dtype, rng)
+    net = refimpl.LowRankCrossNet(sizes.n, sizes.layers, sizes.low_rank, seed=rng, dtype=dtype)
+    return refimpl.InteractionDCNArch(sizes.features, net), dot_inputs(sizes, dtype, rng)
 
 
 def _torch_dcn(sizes):
@@ -340,9 +123,9 @@ def _torch_dcn(sizes):
 
 def _projection(which: str):
     def build(sizes, dtype, rng):
-        dense_arch = layer_class("DenseArch")
+        dense_arch = refimpl.DenseArch
         b1, b2 = (dense_arch(sizes.n, s, seed=rng, dtype=dtype) for s in getattr(sizes, which))
-        arch = layer_class("InteractionProjectionArch")(sizes.features, b1, b2)
+        arch = refimpl.InteractionProjectionArch(sizes.features, b1, b2)
         return arch, dot_inputs(sizes, dtype, rng)
 
     def torchrec(sizes):
@@ -380,7 +163,7 @@ def _build_projection_only(sizes, dtype, rng):
             return d_x, {}
 
     w1, w2 = _slice_widths(sizes)
-    arch = layer_class("InteractionProjectionArch")(
+    arch = refimpl.InteractionProjectionArch(
         sizes.features, SliceBranch(sizes.n, w1), SliceBranch(sizes.n, w2)
     )
     return arch, dot_inputs(sizes, dtype, rng)
@@ -411,7 +194,7 @@ def _projection_only_flops(layer, *inputs):
 def _mlp_like(kind: str, in_features: Callable[[Sizes], int], sizes_of: Callable):
     def build(sizes, dtype, rng):
         width = in_features(sizes)
-        layer = layer_class(kind)(width, sizes_of(sizes), seed=rng, dtype=dtype)
+        layer = getattr(refimpl, kind)(width, sizes_of(sizes), seed=rng, dtype=dtype)
         return layer, _flat_inputs(sizes, dtype, rng, width)
 
     def torchrec(sizes):
@@ -432,7 +215,7 @@ def _mlp_like(kind: str, in_features: Callable[[Sizes], int], sizes_of: Callable
 
 def _build_fm(sizes, dtype, rng):
     """TorchRec's FactorizationMachine over the list ``[dense (B, D), sparse (B, F, D)]``."""
-    return layer_class("FactorizationMachine")(dtype=dtype), (list(dot_inputs(sizes, dtype, rng)),)
+    return refimpl.FactorizationMachine(dtype=dtype), (list(dot_inputs(sizes, dtype, rng)),)
 
 
 def _torch_fm(sizes):
@@ -463,9 +246,7 @@ def _build_fm_arch(sizes, dtype, rng):
     """TorchRec's FMInteractionArch: dense (B, D) and F features of (B, D) by name, views into
     one (B, F·D) array as a KeyedTensor's ``values()`` would be."""
     names = _fm_feature_names(sizes)
-    arch = layer_class("FMInteractionArch")(
-        sizes.n, names, sizes.deep_fm_dimension, seed=rng, dtype=dtype
-    )
+    arch = refimpl.FMInteractionArch(sizes.n, names, sizes.deep_fm_dimension, seed=rng, dtype=dtype)
     dense, sparse = dot_inputs(sizes, dtype, rng)
     flat = sparse.reshape(sizes.batch, sizes.features * sizes.dim)  # (B, F·D)
     d = sizes.dim
@@ -498,7 +279,7 @@ def _torch_keyed_inputs(arrays, sizes: Sizes) -> list:
 
 def _transformer(attend_across: str):
     def build(sizes, dtype, rng):
-        arch = layer_class("InteractionTransformerArch")(
+        arch = refimpl.InteractionTransformerArch(
             sizes.features,
             sizes.dim,
             ntransformer_layers=sizes.transformer_layers,
@@ -541,8 +322,6 @@ def _torch_per_sample_transformer(sizes):
 
 def cases() -> list[Case]:
     """Every row, in the table's order."""
-    from refimpl.tools.bench import dlrm_cases as dlrm
-
     half, one, peak = Target("ratio", 0.5), Target("ratio", 1.0), Target("peak", PEAK_TARGET)
     cross_cfg = "N={0.n} L={0.layers}".format
     mlperf = "B={0.batch} F={0.features} D={0.dim}, {1} ids/sample, tables <= {2:,} rows"

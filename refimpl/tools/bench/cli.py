@@ -6,10 +6,11 @@ import argparse
 import dataclasses
 import sys
 
-from refimpl.tools.bench.cases import DTYPES, PRODUCTION, QUICK, select_cases
+from refimpl.tools.bench.cases import select_cases
 from refimpl.tools.bench.harness import Schedule, run_bench
 from refimpl.tools.bench.machine import format_machine, machine_info
 from refimpl.tools.bench.report import write_chart
+from refimpl.tools.bench.spec import DTYPES, PRODUCTION, QUICK
 
 DEFAULTS = {"rounds": 4, "repeats": 3, "min_seconds": 0.25, "max_seconds": 20.0}
 QUICK_DEFAULTS = {"rounds": 2, "repeats": 2, "min_seconds": 0.0, "max_seconds": 20.0}

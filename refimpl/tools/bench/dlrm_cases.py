@@ -1,6 +1,6 @@
 """The rows with sparse input: the embedding bags, the whole DLRM_DCN, and its training step.
 
-All at MLPerf's DLRM-DCNv2 shape (:data:`~refimpl.tools.bench.cases.PRODUCTION`): 26 sparse
+All at MLPerf's DLRM-DCNv2 shape (:data:`~refimpl.tools.bench.spec.PRODUCTION`): 26 sparse
 features, each with a table of its own (MLPerf's rows, capped at 100,000), every bag of feature
 f holding exactly h_f ids (MLPerf's multi-hot sizes: 214 ids per sample), D = 128, and 13
 dense features through the bottom MLP. Tables and features are named as in TorchRec's DLRM
@@ -25,7 +25,8 @@ import time
 
 import numpy as np
 
-from refimpl.tools.bench.cases import Sizes, layer_class, normal
+import refimpl
+from refimpl.tools.bench.spec import Sizes, normal
 
 LEARNING_RATE = 0.01  # every optimizer of the training-step rows, dense and tables
 # torchrec.models.dlrm's prefix of the tables' parameters (refimpl's is the same)
@@ -45,16 +46,16 @@ def sparse_features(sizes: Sizes, rng: np.random.Generator):
             for rows, ids_per_bag in zip(sizes.table_rows, sizes.multi_hot, strict=True)
         ]
     )  # (M,)
-    return layer_class("KeyedJaggedArray").from_lengths(feature_names(sizes), values, lengths)
+    return refimpl.KeyedJaggedArray.from_lengths(feature_names(sizes), values, lengths)
 
 
 def _collection(sizes: Sizes, dtype, rng):
-    config = layer_class("EmbeddingBagConfig")
+    config = refimpl.EmbeddingBagConfig
     tables = [
         config(rows, sizes.dim, f"t_{name}", [name])
         for rows, name in zip(sizes.table_rows, feature_names(sizes), strict=True)
     ]
-    return layer_class("EmbeddingBagCollection")(tables, seed=rng, dtype=dtype)
+    return refimpl.EmbeddingBagCollection(tables, seed=rng, dtype=dtype)
 
 
 def _torch_collection(sizes: Sizes, fused: bool = False):
@@ -116,7 +117,7 @@ def torch_collection(sizes: Sizes):
 
 
 def keyed_module_step(module, inputs, d_out):
-    """:func:`~refimpl.tools.bench.cases.module_step` for TorchRec's collection, whose output
+    """:func:`~refimpl.tools.bench.spec.module_step` for TorchRec's collection, whose output
     is a ``KeyedTensor``: backward from its ``values()``. TorchRec pools into float32 whatever
     its tables' dtype, so the upstream gradient is cast to float32 once, before the runs."""
     d_values = d_out.float()
@@ -164,7 +165,7 @@ def collection_traffic(sizes: Sizes, itemsize: int) -> int:
 
 def build_dlrm_dcn(sizes: Sizes, dtype, rng):
     in_features, layer_sizes = sizes.dense_arch
-    model = layer_class("DLRM_DCN")(
+    model = refimpl.DLRM_DCN(
         _collection(sizes, dtype, rng),
         in_features,
         list(layer_sizes),

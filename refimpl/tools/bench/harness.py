@@ -27,9 +27,9 @@ from pathlib import Path
 import numpy as np
 
 from refimpl.tools.bench.caches import CacheEntry
-from refimpl.tools.bench.cases import DTYPES, Case, Sizes
 from refimpl.tools.bench.machine import machine_info, usable_cores, worker_env
 from refimpl.tools.bench.report import BenchReport, Result, Timing, gemm_rate
+from refimpl.tools.bench.spec import DTYPES, Case, Sizes
 from refimpl.tools.flops import FlopCount
 
 CAN_STOP = hasattr(signal, "SIGSTOP")

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from refimpl.tools.bench.caches import BACKWARD_NEEDS, CacheEntry, summarize
-from refimpl.tools.bench.cases import DTYPES, Sizes, Target
+from refimpl.tools.bench.spec import DTYPES, Sizes, Target
 from refimpl.tools.flops import FlopCount, matmul_flops
 
 COLUMNS = (
@@ -128,7 +128,7 @@ class Result:
     layer: str
     config: str
     dtype: str
-    status: str = "ok"  # "ok", "not available yet", or "error: …"
+    status: str = "ok"  # "ok", or "error: …"
     target: Target | None = None
     refimpl: Timing | None = None
     torch: Timing | None = None

@@ -34,9 +34,10 @@ import time
 
 import numpy as np
 
-from refimpl.tools.bench import cases as bench_cases
 from refimpl.tools.bench.caches import cache_bytes, describe_cache
+from refimpl.tools.bench.cases import find_case
 from refimpl.tools.bench.machine import measure_bandwidth, numpy_blas, torch_blas
+from refimpl.tools.bench.spec import DTYPES, Sizes, normal
 
 CONTENDERS = ("refimpl", "TorchRec", "NumPy GEMM", "torch GEMM")
 
@@ -72,9 +73,9 @@ def time_runs(
 
 
 def _case(request):
-    sizes = bench_cases.Sizes.from_json(request["sizes"])
-    dtype = bench_cases.DTYPES[request["dtype"]]
-    return bench_cases.find_case(request["case"], sizes), sizes, dtype
+    sizes = Sizes.from_json(request["sizes"])
+    dtype = DTYPES[request["dtype"]]
+    return find_case(request["case"], sizes), sizes, dtype
 
 
 def _error(exc: BaseException) -> dict:
@@ -128,12 +129,9 @@ class RefimplContender(Contender):
     def prepare(self, request):
         case, sizes, dtype = _case(request)
         rng = np.random.default_rng(0)
-        try:
-            layer, inputs = case.build(sizes, dtype, rng)
-        except ImportError as exc:
-            return {"ok": False, "status": "not available yet", "note": str(exc)}
+        layer, inputs = case.build(sizes, dtype, rng)
         out, cache = layer.forward(*inputs)
-        d_out = bench_cases.normal(rng, out.shape, dtype)
+        d_out = normal(rng, out.shape, dtype)
         input_arrays = case.arrays(inputs)
         entries = describe_cache(cache, sizes.batch, input_arrays)
         del out, cache
