@@ -14,7 +14,8 @@ from refimpl import (
     SparseArch,
     gradcheck,
 )
-from refimpl.fast.embedding import bag_sums, table_gradient
+from refimpl.fast import threads
+from refimpl.fast.embedding import LEVELS, bag_sums, stable_order, table_gradient
 from refimpl.layers import embedding
 from refimpl.layers.embedding import embedding_bag_backward, embedding_bag_forward, segment_sum
 from refimpl.tools.check.cases.embedding import COLLECTIONS, build_collection, draw_features
@@ -276,6 +277,40 @@ def test_the_fast_path_equals_the_textbook(rng, weighted, pooling):
     fixed = np.full(8, 3)  # one bag size: the fast path's single block
     ids8 = rng.integers(0, 30, 24)
     np.testing.assert_allclose(bag_sums(weight, ids8, fixed)[0], segment_sum(weight[ids8], fixed))
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_the_fast_gradient_adds_runs_of_every_length(rng, weighted):
+    # Runs of 1 to 3·LEVELS occurrences: plain indexed adds up to LEVELS, one segment sum after.
+    counts = np.array([1, 2, LEVELS - 1, LEVELS, LEVELS + 1, 3 * LEVELS])
+    ids = rng.permutation(np.repeat(np.arange(len(counts)) * 7, counts))  # ids 0, 7, …, 35
+    d_bags = rng.standard_normal((5, 3))
+    bags = rng.integers(0, 5, len(ids))
+    scale = rng.standard_normal(len(ids)) if weighted else None
+    rows = d_bags[bags] * (scale[:, None] if weighted else 1)  # the gradient of each id, (M, D)
+    expected = refimpl.RowSparse.from_rows(ids, rows, 40)
+    fast = table_gradient(ids, d_bags, bags, 40, scale)
+    np.testing.assert_array_equal(fast.indices, np.arange(len(counts)) * 7)
+    np.testing.assert_allclose(fast.values, expected.values, rtol=1e-13, atol=1e-14)
+
+
+def test_the_stable_order_is_argsorts_and_falls_back_for_huge_tables(rng):
+    ids = rng.integers(0, 50, 1000)
+    np.testing.assert_array_equal(stable_order(ids, 50), np.argsort(ids, kind="stable"))
+    huge = ids * 2**40  # id · M would not fit in 63 bits: argsort itself
+    np.testing.assert_array_equal(stable_order(huge, 2**46), np.argsort(huge, kind="stable"))
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_the_pooling_in_cache_sized_blocks_equals_one_block(monkeypatch, rng, weighted):
+    weight = rng.standard_normal((40, 6))
+    lengths = np.full(50, 4)  # one bag size: bags in blocks
+    ids = rng.integers(0, 40, 200)
+    per_id = rng.standard_normal(200) if weighted else None
+    whole, _ = bag_sums(weight, ids, lengths, per_id)
+    monkeypatch.setattr(threads, "BLOCK_BYTES", 2 * 4 * 6 * 8)  # two bags per block
+    blocked, _ = bag_sums(weight, ids, lengths, per_id)
+    np.testing.assert_array_equal(blocked, whole)
 
 
 def test_the_layer_equals_the_textbook(rng):

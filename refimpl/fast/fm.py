@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from refimpl.fast.threads import on_blocks, row_blocks
+from refimpl.fast.threads import on_threads, row_blocks
 
 
 def fm_scalar_pairs_forward_fast(embeddings):
@@ -34,7 +34,7 @@ def fm_scalar_pairs_forward_fast(embeddings):
         total[rows, 0] = part.sum(axis=1)  # s
         out[rows, 0] = (total[rows, 0] * total[rows, 0] - np.vecdot(part, part)) / 2
 
-    on_blocks(block, row_blocks(*flat.shape, flat.itemsize))
+    on_threads(block, row_blocks(*flat.shape, flat.itemsize))
     return out, flat, total
 
 
@@ -48,5 +48,5 @@ def fm_scalar_pairs_backward_fast(d_out: np.ndarray, flat: np.ndarray, total: np
         np.subtract(total[rows], flat[rows], out=part)
         part *= d_out[rows]
 
-    on_blocks(block, row_blocks(*flat.shape, flat.itemsize))
+    on_threads(block, row_blocks(*flat.shape, flat.itemsize))
     return d_flat

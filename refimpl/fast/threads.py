@@ -71,12 +71,12 @@ def row_blocks(rows: int, width: int, itemsize: int) -> list[slice]:
     return [slice(lo, min(lo + step, rows)) for lo in range(0, rows, step)]
 
 
-def on_blocks(work: Callable, blocks: list[slice]) -> list:
-    """``work(block)`` for every block, on up to :func:`num_threads` threads; the results in
-    the blocks' order. Blocks small enough to stay in cache let a chain of NumPy passes over
-    the same rows read them from cache rather than from memory."""
-    threads = min(num_threads(), len(blocks))
+def on_threads(work: Callable, items: list) -> list:
+    """``work(item)`` for every item (blocks of rows, tables), on up to :func:`num_threads`
+    threads; the results in the items' order. Blocks small enough to stay in cache let a
+    chain of NumPy passes over the same rows read them from cache rather than from memory."""
+    threads = min(num_threads(), len(items))
     if threads < 2:
-        return [work(block) for block in blocks]
+        return [work(item) for item in items]
     with ThreadPoolExecutor(threads, thread_name_prefix="refimpl-blocks") as pool:
-        return list(pool.map(work, blocks))  # list(): re-raises a thread's error
+        return list(pool.map(work, items))  # list(): re-raises a thread's error

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from refimpl.fast.threads import on_blocks, row_blocks
+from refimpl.fast.threads import on_threads, row_blocks
 from refimpl.layers import transformer as textbook  # read at call time: the layer imports us
 from refimpl.layers.mlp import linear_forward, prefixed
 
@@ -49,7 +49,7 @@ def layer_norm_forward_fast(params, x: np.ndarray, eps, residual=None):
             params, summed, eps
         )
 
-    on_blocks(block, _row_blocks(rows))
+    on_threads(block, _row_blocks(rows))
     cache = textbook.LayerNormCache(normalized.reshape(x.shape), inv_std.reshape(*x.shape[:-1], 1))
     return out.reshape(x.shape), cache
 
@@ -69,7 +69,7 @@ def layer_norm_backward_fast(params, d_out: np.ndarray, cache, d_residual=None):
         d_x[part], d_params = textbook.layer_norm_backward(params, d_part, part_cache)
         return d_params
 
-    shares = on_blocks(block, _row_blocks(d_rows))
+    shares = on_threads(block, _row_blocks(d_rows))
     d_params = {k: np.sum([s[k] for s in shares], axis=0, dtype=d_x.dtype) for k in shares[0]}
     return d_x.reshape(d_out.shape), d_params
 
@@ -81,7 +81,7 @@ def _softmax_rows(scores: np.ndarray) -> np.ndarray:
     def block(part: slice) -> None:
         probs[part] = textbook.softmax(rows[part])
 
-    on_blocks(block, _row_blocks(rows))
+    on_threads(block, _row_blocks(rows))
     return probs.reshape(scores.shape)
 
 
@@ -92,7 +92,7 @@ def _softmax_backward_rows(probs: np.ndarray, d_probs: np.ndarray) -> np.ndarray
     def block(part: slice) -> None:
         d_scores[part] = textbook.softmax_backward(rows[part], d_rows[part])
 
-    on_blocks(block, _row_blocks(rows))
+    on_threads(block, _row_blocks(rows))
     return d_scores.reshape(probs.shape)
 
 
@@ -167,7 +167,7 @@ def feed_forward_fast(params, x: np.ndarray):
         part += bias
         np.maximum(part, 0, out=part)
 
-    on_blocks(bias_relu, row_blocks(*hidden.shape, hidden.itemsize))
+    on_threads(bias_relu, row_blocks(*hidden.shape, hidden.itemsize))
     out, _ = linear_forward(textbook.sub_params(params, "linear2."), hidden)  # (N·S, E)
     hidden = hidden.reshape(*x.shape[:-1], -1)  # (N, S, M)
     return out.reshape(x.shape), textbook.FeedForwardCache(x, hidden)

@@ -32,6 +32,7 @@ from typing import NamedTuple
 import numpy as np
 
 from refimpl.fast.embedding import bag_sums, table_gradient
+from refimpl.fast.threads import on_threads
 from refimpl.layers.activations import is_exact
 from refimpl.layers.base import Layer, as_rng, check_array, check_positive_int
 from refimpl.layers.rowsparse import RowSparse
@@ -594,13 +595,15 @@ class EmbeddingBagCollection(Layer):
         cache : EBCCache
         """
         lookups = self._lookups(features)
-        pooled, looked_up = [], []
-        for t, ids, lengths, weights, _ in lookups:
+
+        def pool(lookup) -> tuple:  # one feature's (B, D_f) bags, and its rows when weighted
+            t, ids, lengths, weights, _ = lookup
             bags, rows = bag_sums(self.weight(t), ids, lengths, weights)  # (B, D_f)
             if self.tables[t].pooling == "mean":
                 bags = bags / mean_divisor(lengths, self.dtype)  # (B, D_f)
-            pooled.append(bags)
-            looked_up.append(rows)
+            return bags, rows
+
+        pooled, looked_up = zip(*on_threads(pool, lookups), strict=True) if lookups else ((), ())
         batch = features.stride
         out = np.concatenate(pooled, axis=1) if pooled else np.zeros((batch, 0), self.dtype)
         return out, EBCCache(tuple(lookups), batch, len(features.values), tuple(looked_up))
@@ -627,7 +630,7 @@ class EmbeddingBagCollection(Layer):
         per_table = {t: ([], [], [], []) for t in range(len(self.tables))}
         d_weights = np.zeros(num_ids, self.dtype) if self.is_weighted else None
         for k, (t, ids, lengths, weights, where) in enumerate(lookups):
-            d_bags = d_out[:, starts[k] : starts[k + 1]]  # (B, D_f)
+            d_bags = np.ascontiguousarray(d_out[:, starts[k] : starts[k + 1]])  # (B, D_f)
             if self.tables[t].pooling == "mean":
                 d_bags = d_bags / mean_divisor(lengths, self.dtype)  # (B, D_f)
             bag = np.repeat(np.arange(batch), lengths)  # the bag of each id, (M_f,)
@@ -639,17 +642,19 @@ class EmbeddingBagCollection(Layer):
             table_ids.append(ids)
             sources.append(d_bags)
             scales.append(weights)
-        d_params = {}
-        for t, (table_ids, sources, source_index, scales) in per_table.items():
-            table = self.tables[t]  # every table serves at least one feature
-            d_params[f"embedding_bags.{table.name}.weight"] = table_gradient(
+        jobs = [
+            (
                 np.concatenate(table_ids),
                 np.concatenate(sources) if len(sources) > 1 else sources[0],  # (S·B, D)
                 np.concatenate(source_index),
-                table.num_embeddings,
+                self.tables[t].num_embeddings,  # every table serves at least one feature
                 np.concatenate(scales) if self.is_weighted else None,
             )
-        return d_weights, d_params
+            for t, (table_ids, sources, source_index, scales) in per_table.items()
+        ]
+        grads = on_threads(lambda job: table_gradient(*job), jobs)  # the tables are independent
+        names = [f"embedding_bags.{table.name}.weight" for table in self.tables]
+        return d_weights, dict(zip(names, grads, strict=True))
 
 
 class SparseArch(Layer):
