@@ -71,12 +71,16 @@ def row_blocks(rows: int, width: int, itemsize: int) -> list[slice]:
     return [slice(lo, min(lo + step, rows)) for lo in range(0, rows, step)]
 
 
-def on_threads(work: Callable, items: list) -> list:
+def on_threads(work: Callable, items: list, size: int | None = None) -> list:
     """``work(item)`` for every item (blocks of rows, tables), on up to :func:`num_threads`
     threads; the results in the items' order. Blocks small enough to stay in cache let a
-    chain of NumPy passes over the same rows read them from cache rather than from memory."""
+    chain of NumPy passes over the same rows read them from cache rather than from memory.
+
+    ``size``, when given, is the number of elements all the items touch: below
+    :data:`SPLIT_MIN_WORK` one thread does them all, as starting threads would cost more.
+    """
     threads = min(num_threads(), len(items))
-    if threads < 2:
+    if threads < 2 or (size is not None and size < SPLIT_MIN_WORK):
         return [work(item) for item in items]
     with ThreadPoolExecutor(threads, thread_name_prefix="refimpl-blocks") as pool:
         return list(pool.map(work, items))  # list(): re-raises a thread's error

@@ -603,7 +603,9 @@ class EmbeddingBagCollection(Layer):
                 bags = bags / mean_divisor(lengths, self.dtype)  # (B, D_f)
             return bags, rows
 
-        pooled, looked_up = zip(*on_threads(pool, lookups), strict=True) if lookups else ((), ())
+        size = len(features.values) * max(self.output_dims, default=0)  # elements looked up
+        results = on_threads(pool, lookups, size)
+        pooled, looked_up = [bags for bags, _ in results], [rows for _, rows in results]
         batch = features.stride
         out = np.concatenate(pooled, axis=1) if pooled else np.zeros((batch, 0), self.dtype)
         return out, EBCCache(tuple(lookups), batch, len(features.values), tuple(looked_up))
@@ -652,7 +654,8 @@ class EmbeddingBagCollection(Layer):
             )
             for t, (table_ids, sources, source_index, scales) in per_table.items()
         ]
-        grads = on_threads(lambda job: table_gradient(*job), jobs)  # the tables are independent
+        size = num_ids * max(self.output_dims, default=0)  # gradient elements, about
+        grads = on_threads(lambda job: table_gradient(*job), jobs, size)  # independent tables
         names = [f"embedding_bags.{table.name}.weight" for table in self.tables]
         return d_weights, dict(zip(names, grads, strict=True))
 
