@@ -17,11 +17,46 @@ from refimpl.layers.base import Layer, check_array
 from refimpl.layers.mlp import prefixed
 
 
-class ReLUCache(NamedTuple):
-    output: np.ndarray  # max(x, 0): its sign is the derivative, (B, I)
+class ActivationCache(NamedTuple):
+    output: np.ndarray  # φ(x): the registry reads φ' from it, (B, I)
 
 
-class ReLU(Layer):
+class ElementwiseActivation(Layer):
+    """``φ(x)`` elementwise for the registry's activation :attr:`activation`; the derivative is
+    read from the output (:mod:`refimpl.layers.activations`). :class:`ReLU` and
+    :class:`Sigmoid` name theirs."""
+
+    activation = "identity"
+    input_names = ("input",)
+
+    def forward(self, input: np.ndarray) -> tuple[np.ndarray, ActivationCache]:
+        """
+        Parameters
+        ----------
+        input : ndarray, shape (B, I)
+
+        Returns
+        -------
+        out : ndarray, shape (B, I)
+        cache : ActivationCache
+        """
+        check_array("input", input, "B I", {}, self.dtype)
+        out = get_activation(self.activation).forward(input)  # (B, I)
+        return out, ActivationCache(out)
+
+    def backward(self, d_out: np.ndarray, cache: ActivationCache):
+        """
+        Returns
+        -------
+        d_input : ndarray, shape (B, I)
+        d_params : dict, empty
+        """
+        (out,) = cache
+        check_array("d_out", d_out, "B I", dict(zip("BI", out.shape, strict=True)), out.dtype)
+        return d_out * get_activation(self.activation).derivative(out), {}  # (B, I)
+
+
+class ReLU(ElementwiseActivation):
     """``max(x, 0)`` elementwise, as ``torch.nn.ReLU`` (derivative 0 at exactly 0, as torch).
 
     >>> relu = ReLU()
@@ -30,45 +65,16 @@ class ReLU(Layer):
     (array([[0., 0., 2.]]), array([[0., 0., 1.]]))
     """
 
-    input_names = ("input",)
-
-    def forward(self, input: np.ndarray) -> tuple[np.ndarray, ReLUCache]:
-        """
-        Parameters
-        ----------
-        input : ndarray, shape (B, I)
-
-        Returns
-        -------
-        out : ndarray, shape (B, I)
-        cache : ReLUCache
-        """
-        check_array("input", input, "B I", {}, self.dtype)
-        out = get_activation("relu").forward(input)  # (B, I)
-        return out, ReLUCache(out)
-
-    def backward(self, d_out: np.ndarray, cache: ReLUCache):
-        """
-        Returns
-        -------
-        d_input : ndarray, shape (B, I)
-        d_params : dict, empty
-        """
-        (out,) = cache
-        check_array("d_out", d_out, "B I", dict(zip("BI", out.shape, strict=True)), out.dtype)
-        return d_out * get_activation("relu").derivative(out), {}  # (B, I)
+    activation = "relu"
 
     def kink_distance(self, input: np.ndarray) -> float:
         """Smallest |input|: ReLU's kink is at 0."""
         return float(np.min(np.abs(input))) if input.size else float("inf")
 
 
-class SigmoidCache(NamedTuple):
-    output: np.ndarray  # σ(x): the derivative σ(1 − σ) is read from it, (B, I)
-
-
-class Sigmoid(Layer):
-    """``σ(x) = 1 / (1 + e^(−x))`` elementwise, as ``torch.nn.Sigmoid``; ``σ' = σ (1 − σ)``.
+class Sigmoid(ElementwiseActivation):
+    """``σ(x) = 1 / (1 + e^(−x))`` elementwise, as ``torch.nn.Sigmoid`` (stable for both signs);
+    ``σ' = σ (1 − σ)``.
 
     >>> sigmoid = Sigmoid()
     >>> y, cache = sigmoid.forward(np.array([[0.0, np.log(3.0)]]))
@@ -76,33 +82,7 @@ class Sigmoid(Layer):
     (array([[0.5 , 0.75]]), array([[0.25  , 0.1875]]))
     """
 
-    input_names = ("input",)
-
-    def forward(self, input: np.ndarray) -> tuple[np.ndarray, SigmoidCache]:
-        """
-        Parameters
-        ----------
-        input : ndarray, shape (B, I)
-
-        Returns
-        -------
-        out : ndarray, shape (B, I)
-        cache : SigmoidCache
-        """
-        check_array("input", input, "B I", {}, self.dtype)
-        out = get_activation("sigmoid").forward(input)  # (B, I), stable for both signs
-        return out, SigmoidCache(out)
-
-    def backward(self, d_out: np.ndarray, cache: SigmoidCache):
-        """
-        Returns
-        -------
-        d_input : ndarray, shape (B, I)
-        d_params : dict, empty
-        """
-        (out,) = cache
-        check_array("d_out", d_out, "B I", dict(zip("BI", out.shape, strict=True)), out.dtype)
-        return d_out * get_activation("sigmoid").derivative(out), {}  # (B, I)
+    activation = "sigmoid"
 
 
 class SequentialCache(NamedTuple):
