@@ -2,11 +2,11 @@
 
 import numpy as np
 import pytest
+from test_models import TABLE, small_bags, small_ebc
 
 from refimpl import (
     BCEWithLogitsLoss,
     EmbeddingBagCollection,
-    EmbeddingBagConfig,
     KeyedJaggedArray,
     RowSparse,
     SimpleDeepFMNN,
@@ -16,23 +16,9 @@ from refimpl.tools.check.cases.models import draw_model_inputs
 from refimpl.tools.check.cases.simple_deepfm import build_deepfm_model, builder
 from refimpl.tools.loops import deepfm_loop
 
-TABLE = "sparse_arch.embedding_bag_collection.embedding_bags.t1.weight"
-
-
-def _ebc(dims=(4, 4), dtype=np.float64):
-    tables = [
-        EmbeddingBagConfig(7, dims[0], "t1", ["f1", "f3"]),
-        EmbeddingBagConfig(9, dims[1], "t2", ["f2"]),
-    ]
-    return EmbeddingBagCollection(tables, seed=0, dtype=dtype)
-
-
-def _features():  # B = 2
-    return KeyedJaggedArray(["f1", "f2", "f3"], np.array([1, 2, 3]), np.array([1, 0, 1, 0, 1, 0]))
-
 
 def test_keys_and_widths_follow_torchrec():
-    model = SimpleDeepFMNN(5, _ebc(), hidden_layer_size=6, deep_fm_dimension=3, seed=0)
+    model = SimpleDeepFMNN(5, small_ebc(), hidden_layer_size=6, deep_fm_dimension=3, seed=0)
     assert [(k, v.shape) for k, v in model.params.items()] == [  # TorchRec's order
         (TABLE, (7, 4)),
         ("sparse_arch.embedding_bag_collection.embedding_bags.t2.weight", (9, 4)),
@@ -83,10 +69,10 @@ def test_the_fm_pairs_change_only_the_fm_term(rng):
 
 
 def test_the_loss_drives_the_model_and_float32_stays_float32(rng):
-    model = SimpleDeepFMNN(5, _ebc(dtype=np.float32), 6, 3, seed=0, dtype=np.float32)
+    model = SimpleDeepFMNN(5, small_ebc(dtype=np.float32), 6, 3, seed=0, dtype=np.float32)
     labels = np.array([[1.0], [0.0]], np.float32)
     loss_fn = BCEWithLogitsLoss()
-    logits, cache = model.forward(np.ones((2, 5), np.float32), _features())
+    logits, cache = model.forward(np.ones((2, 5), np.float32), small_bags())
     _, loss_cache = loss_fn.forward(logits, labels)
     d_logits, _, _ = loss_fn.backward(1.0, loss_cache)
     d_dense, d_weights, d_params = model.backward(d_logits, cache)
@@ -108,14 +94,14 @@ def test_an_empty_batch():
 @pytest.mark.parametrize(
     ("build", "error", "message"),
     [
-        (lambda: SimpleDeepFMNN(5, _ebc((4, 3)), 6, 3), ValueError, "same embedding_dim D"),
+        (lambda: SimpleDeepFMNN(5, small_ebc((4, 3)), 6, 3), ValueError, "same embedding_dim D"),
         (lambda: SimpleDeepFMNN(5, EmbeddingBagCollection([]), 6, 3), ValueError,
          "at least one embedding bag"),
-        (lambda: SimpleDeepFMNN(5, _ebc(), 0, 3), ValueError, "hidden_layer_size: expected"),
-        (lambda: SimpleDeepFMNN(5, _ebc(), 6, 3, output="probability"), ValueError,
+        (lambda: SimpleDeepFMNN(5, small_ebc(), 0, 3), ValueError, "hidden_layer_size: expected"),
+        (lambda: SimpleDeepFMNN(5, small_ebc(), 6, 3, output="probability"), ValueError,
          r"output: expected one of \('logits', 'probabilities'\), got 'probability'"),
-        (lambda: SimpleDeepFMNN(5, _ebc(), 6, 3, fm_pairs="pairs"), ValueError, "fm_pairs"),
-        (lambda: SimpleDeepFMNN(5, _ebc(), 6, 3, dtype=np.float32), TypeError, "one dtype"),
+        (lambda: SimpleDeepFMNN(5, small_ebc(), 6, 3, fm_pairs="pairs"), ValueError, "fm_pairs"),
+        (lambda: SimpleDeepFMNN(5, small_ebc(), 6, 3, dtype=np.float32), TypeError, "one dtype"),
     ],
 )  # fmt: skip
 def test_torchrec_checks_with_clear_messages(build, error, message):
@@ -126,11 +112,11 @@ def test_torchrec_checks_with_clear_messages(build, error, message):
 def test_bad_inputs_and_a_malformed_state_dict_change_nothing():
     model = build_deepfm_model("sum, t1 shared by f1 f3", seed=0)
     with pytest.raises(ValueError, match=r"dense_features: expected shape \(B, I\) = \(2, 5\)"):
-        model.forward(np.zeros((2, 4)), _features())
+        model.forward(np.zeros((2, 4)), small_bags())
     with pytest.raises(TypeError, match="sparse_features: expected a KeyedJaggedArray"):
         model.forward(np.zeros((2, 5)), {"f1": np.zeros((2, 4))})
     with pytest.raises(ValueError, match="B = 2 bags per key, but dense_features has B = 3"):
-        model.forward(np.zeros((3, 5)), _features())
+        model.forward(np.zeros((3, 5)), small_bags())
     before = model.state_dict()
     broken = {k: np.zeros_like(v) for k, v in before.items() if k != "over_arch.model.0.bias"}
     with pytest.raises(ValueError, match=r"missing keys \['over_arch.model.0.bias'\]"):

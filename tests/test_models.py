@@ -20,7 +20,8 @@ from refimpl.tools.loops import dlrm_loop
 TABLE = "sparse_arch.embedding_bag_collection.embedding_bags.t1.weight"
 
 
-def _ebc(dims=(4, 4), dtype=np.float64):
+def small_ebc(dims=(4, 4), dtype=np.float64):
+    """Two tables, t1 serving f1 and f3, t2 serving f2 (shared by the model tests)."""
     tables = [
         EmbeddingBagConfig(7, dims[0], "t1", ["f1", "f3"]),
         EmbeddingBagConfig(9, dims[1], "t2", ["f2"]),
@@ -28,8 +29,13 @@ def _ebc(dims=(4, 4), dtype=np.float64):
     return EmbeddingBagCollection(tables, seed=0, dtype=dtype)
 
 
+def small_bags():
+    """B = 2 bags of f1, f2, f3 for :func:`small_ebc`: one id, or none."""
+    return KeyedJaggedArray(["f1", "f2", "f3"], np.array([1, 2, 3]), np.array([1, 0, 1, 0, 1, 0]))
+
+
 def test_keys_follow_torchrec_in_order():
-    model = DLRM_DCN(_ebc(), 5, [6, 4], [7, 1], dcn_num_layers=1, dcn_low_rank_dim=2, seed=0)
+    model = DLRM_DCN(small_ebc(), 5, [6, 4], [7, 1], dcn_num_layers=1, dcn_low_rank_dim=2, seed=0)
     assert list(model.params) == [
         TABLE,
         "sparse_arch.embedding_bag_collection.embedding_bags.t2.weight",
@@ -46,7 +52,7 @@ def test_keys_follow_torchrec_in_order():
         "over_arch.model.1.bias",
     ]
     assert model.over_arch.in_features == 16  # (F+1)·D
-    assert DLRM(_ebc(), 5, [6, 4], [7, 1]).over_arch.in_features == 4 + 3 + 3  # D + C(F,2) + F
+    assert DLRM(small_ebc(), 5, [6, 4], [7, 1]).over_arch.in_features == 4 + 3 + 3  # D + C(F,2) + F
 
 
 @pytest.mark.parametrize("kind", MODELS)
@@ -90,7 +96,7 @@ def test_the_loss_drives_the_model_end_to_end(rng):
 
 
 def test_float32_end_to_end(rng):
-    model = DLRM(_ebc(dtype=np.float32), 5, [6, 4], [7, 1], seed=0, dtype=np.float32)
+    model = DLRM(small_ebc(dtype=np.float32), 5, [6, 4], [7, 1], seed=0, dtype=np.float32)
     features = KeyedJaggedArray(
         ["f1", "f2", "f3"], np.array([1, 2, 3]), np.array([1, 0, 1, 0, 1, 0])
     )
@@ -112,21 +118,21 @@ def test_an_empty_batch(rng):
 @pytest.mark.parametrize(
     ("build", "error", "message"),
     [
-        (lambda: DLRM(_ebc((4, 3)), 5, [6, 4], [7, 1]), ValueError, "same embedding_dim D"),
-        (lambda: DLRM(_ebc(), 5, [6, 5], [7, 1]), ValueError, r"last size \(5\) must equal"),
-        (lambda: DLRM(_ebc(), 5, [6, 4], [1]), ValueError, "at least two layer sizes"),
+        (lambda: DLRM(small_ebc((4, 3)), 5, [6, 4], [7, 1]), ValueError, "same embedding_dim D"),
+        (lambda: DLRM(small_ebc(), 5, [6, 5], [7, 1]), ValueError, r"last size \(5\) must equal"),
+        (lambda: DLRM(small_ebc(), 5, [6, 4], [1]), ValueError, "at least two layer sizes"),
         (
             lambda: DLRM(EmbeddingBagCollection([]), 5, [4], [7, 1]),
             ValueError,
             "at least one embedding bag",
         ),
-        (lambda: DLRM(_ebc(), 5, [6, 4], [7, 1], dtype=np.float32), TypeError, "one dtype"),
+        (lambda: DLRM(small_ebc(), 5, [6, 4], [7, 1], dtype=np.float32), TypeError, "one dtype"),
         (
-            lambda: DLRM_Projection(_ebc(), 5, [6, 4], [7, 1], [8], [10]),
+            lambda: DLRM_Projection(small_ebc(), 5, [6, 4], [7, 1], [8], [10]),
             ValueError,
             r"interaction_branch2_layer_sizes: the last size \(10\) is not a multiple",
         ),
-        (lambda: DLRM_DCN(_ebc(), 5, [6, 4], [7, 1], 0, 2), ValueError, "dcn_num_layers"),
+        (lambda: DLRM_DCN(small_ebc(), 5, [6, 4], [7, 1], 0, 2), ValueError, "dcn_num_layers"),
     ],
 )
 def test_torchrec_checks_with_clear_messages(build, error, message):

@@ -2,11 +2,10 @@
 
 import numpy as np
 import pytest
+from test_models import TABLE, small_bags, small_ebc
 
 from refimpl import (
     DLRM_Transformer,
-    EmbeddingBagCollection,
-    EmbeddingBagConfig,
     KeyedJaggedArray,
     RowSparse,
     rel_error,
@@ -21,23 +20,9 @@ from refimpl.tools.check.cases.models import draw_model_inputs
 from refimpl.tools.gradcheck import numerical_gradient
 from refimpl.tools.loops import dlrm_loop
 
-TABLE = "sparse_arch.embedding_bag_collection.embedding_bags.t1.weight"
-
-
-def _ebc(dims=(4, 4), dtype=np.float64):
-    tables = [
-        EmbeddingBagConfig(7, dims[0], "t1", ["f1", "f3"]),
-        EmbeddingBagConfig(9, dims[1], "t2", ["f2"]),
-    ]
-    return EmbeddingBagCollection(tables, seed=0, dtype=dtype)
-
-
-def _features():  # B = 2
-    return KeyedJaggedArray(["f1", "f2", "f3"], np.array([1, 2, 3]), np.array([1, 0, 1, 0, 1, 0]))
-
 
 def test_keys_defaults_and_widths_follow_torchrec():
-    model = DLRM_Transformer(_ebc(), 5, [6, 4], [7, 1], nhead=2, ntransformer_layers=2, seed=0)
+    model = DLRM_Transformer(small_ebc(), 5, [6, 4], [7, 1], nhead=2, ntransformer_layers=2, seed=0)
     layer = "inter_arch.interarch_TE.layers.1."
     keys = list(model.params)
     assert keys[:4] == [TABLE, "sparse_arch.embedding_bag_collection.embedding_bags.t2.weight",
@@ -51,7 +36,7 @@ def test_keys_defaults_and_widths_follow_torchrec():
     assert keys[-2:] == ["over_arch.model.1.weight", "over_arch.model.1.bias"]
     assert model.params[layer + "linear1.weight"].shape == (2048, 4)  # torch's default width
     assert model.over_arch.in_features == 16  # (F+1)·D, as TorchRec sizes it
-    default = DLRM_Transformer(_ebc((8, 8)), 5, [6, 8], [7, 1], dim_feedforward=4)
+    default = DLRM_Transformer(small_ebc((8, 8)), 5, [6, 8], [7, 1], dim_feedforward=4)
     assert (default.nhead, default.ntransformer_layers, default.attend_across) == (
         8, 4, "features",
     )  # fmt: skip
@@ -96,10 +81,10 @@ def test_per_sample_attention_keeps_samples_apart_and_torchrec_s_reading_does_no
 
 def test_backward_returns_row_sparse_tables_and_float32_stays_float32(rng):
     model = DLRM_Transformer(
-        _ebc(dtype=np.float32), 5, [6, 4], [7, 1], nhead=2, ntransformer_layers=1,
+        small_ebc(dtype=np.float32), 5, [6, 4], [7, 1], nhead=2, ntransformer_layers=1,
         dim_feedforward=8, seed=0, dtype=np.float32,
     )  # fmt: skip
-    logits, cache = model.forward(np.ones((2, 5), np.float32), _features())
+    logits, cache = model.forward(np.ones((2, 5), np.float32), small_bags())
     d_dense, d_weights, d_params = model.backward(np.ones_like(logits), cache)
     assert logits.shape == (2, 1) and d_dense.shape == (2, 5) and d_weights is None
     assert isinstance(d_params[TABLE], RowSparse) and list(d_params) == list(model.params)
@@ -122,17 +107,17 @@ def test_an_empty_batch(mode):
 @pytest.mark.parametrize(
     ("build", "error", "message"),
     [
-        (lambda: DLRM_Transformer(_ebc(), 5, [6, 4], [7, 1], nhead=3), ValueError,
+        (lambda: DLRM_Transformer(small_ebc(), 5, [6, 4], [7, 1], nhead=3), ValueError,
          r"nhead: the embedding_dim D = 4 must split evenly into H = 3 heads"),
-        (lambda: DLRM_Transformer(_ebc((4, 2)), 5, [6, 4], [7, 1], nhead=3), ValueError,
+        (lambda: DLRM_Transformer(small_ebc((4, 2)), 5, [6, 4], [7, 1], nhead=3), ValueError,
          "same embedding_dim D"),  # DLRM's checks come first, as in TorchRec
-        (lambda: DLRM_Transformer(_ebc(), 5, [6, 4], [7, 1], 2, attend_across="samples"),
+        (lambda: DLRM_Transformer(small_ebc(), 5, [6, 4], [7, 1], 2, attend_across="samples"),
          ValueError, r"attend_across: expected one of \('features', 'batch'\), got 'samples'"),
-        (lambda: DLRM_Transformer(_ebc(), 5, [6, 4], [7, 1], 2, 0), ValueError,
+        (lambda: DLRM_Transformer(small_ebc(), 5, [6, 4], [7, 1], 2, 0), ValueError,
          "ntransformer_layers: expected an integer >= 1, got 0"),
-        (lambda: DLRM_Transformer(_ebc(), 5, [6, 5], [7, 1], 2), ValueError,
+        (lambda: DLRM_Transformer(small_ebc(), 5, [6, 5], [7, 1], 2), ValueError,
          r"last size \(5\) must equal"),
-        (lambda: DLRM_Transformer(_ebc(), 5, [6, 4], [7, 1], 2, dtype=np.float32), TypeError,
+        (lambda: DLRM_Transformer(small_ebc(), 5, [6, 4], [7, 1], 2, dtype=np.float32), TypeError,
          "one dtype"),
     ],
 )  # fmt: skip
@@ -144,9 +129,9 @@ def test_torchrec_checks_with_clear_messages(build, error, message):
 def test_bad_inputs_and_a_malformed_state_dict_change_nothing():
     model = build_transformer_model("sum, t1 shared by f1 f3", "features", seed=0)
     with pytest.raises(ValueError, match=r"dense_features: expected shape \(B, I\) = \(2, 5\)"):
-        model.forward(np.zeros((2, 4)), _features())
+        model.forward(np.zeros((2, 4)), small_bags())
     with pytest.raises(ValueError, match="B = 2 bags per key, but dense_features has B = 3"):
-        model.forward(np.zeros((3, 5)), _features())
+        model.forward(np.zeros((3, 5)), small_bags())
     before = model.state_dict()
     broken = {k: np.zeros_like(v) for k, v in before.items()}
     broken["inter_arch.interarch_TE.layers.1.norm1.weight"] = np.ones(5)
