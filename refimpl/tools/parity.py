@@ -35,6 +35,14 @@ def load_from_torch(layer: Layer, module) -> None:
     layer.load_state_dict({k: v.detach().cpu().numpy() for k, v in module.state_dict().items()})
 
 
+def load_into_torch(module, layer: Layer):
+    """Copy ``layer``'s parameters into the TorchRec module (copies, not views); returns it."""
+    import torch
+
+    module.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in layer.params.items()})
+    return module
+
+
 def compare_with_torch(
     layer: Layer, module, inputs: tuple[np.ndarray, ...], seed=0
 ) -> dict[str, float]:
@@ -381,8 +389,7 @@ def compare_training_with_torch(
         raise TypeError(f"model: training parity is checked in float64, got {model.dtype}")
     ours = copy.deepcopy(model)
     optimizer = build_optimizer(ours, dense, dense_lr, embedding, embedding_lr)
-    module = torch_model_like(ours).double()
-    module.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in ours.params.items()})
+    module = load_into_torch(torch_model_like(ours).double(), ours)
     torch_optimizer = torch_optimizer_like(module, dense, dense_lr, embedding, embedding_lr)
     loss_fn = BCEWithLogitsLoss()
     errors = {}
@@ -502,8 +509,7 @@ def replay_run_in_torchrec(
         torch.set_num_threads(threads)
     source = build_source(config, data_dir) if source is None else source
     start = build_model(config, source)  # the run's initial weights: a function of the seed
-    module = torch_model_like(start).double()
-    module.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in start.params.items()})
+    module = load_into_torch(torch_model_like(start).double(), start)
     optimizer = torch_optimizer_like(
         module, config.dense_optimizer, config.dense_lr, config.embedding_optimizer,
         config.embedding_lr,

@@ -88,16 +88,30 @@ def finite_difference_check(layer: str, config: str, build) -> Check:
     return Check(layer, config, "finite-diff", run, DEFAULT_TOL)
 
 
-def parity_check(layer: str, config: str, build, torch_module) -> Check:
-    """``torch_module(layer)`` builds the matching TorchRec module (torch imported inside)."""
+def needs_torchrec():
+    """:func:`~refimpl.tools.parity.require_torchrec`'s modules; :class:`Unavailable` (the row
+    is reported as skipped, with the install hint) when the parity extra is not installed."""
+    try:
+        return require_torchrec()
+    except ParityUnavailable as exc:
+        raise Unavailable(str(exc)) from exc
+
+
+def parity_check(
+    layer: str, config: str, build, torch_module, compare: Callable | None = None
+) -> Check:
+    """``torch_module(layer)`` builds the matching TorchRec module (torch imported inside);
+    ``compare(net, module, inputs) -> {name: error}`` defaults to
+    :func:`~refimpl.tools.parity.compare_with_torch` with upstream seed 1."""
 
     def run() -> float:
-        try:
-            require_torchrec()
-        except ParityUnavailable as exc:
-            raise Unavailable(str(exc)) from exc
+        torch, _ = needs_torchrec()
         net, inputs = build(np.random.default_rng(0))
-        return max(compare_with_torch(net, torch_module(net), inputs, seed=1).values())
+        torch.manual_seed(0)  # the module's initial draw, loaded into net: the same every run
+        module = torch_module(net)
+        if compare is None:
+            return max(compare_with_torch(net, module, inputs, seed=1).values())
+        return max(compare(net, module, inputs).values())
 
     return Check(layer, config, "parity", run, PARITY_TOL)
 

@@ -41,14 +41,13 @@ import numpy as np
 from refimpl.layers.base import as_rng
 from refimpl.layers.embedding import KeyedJaggedArray
 from refimpl.models.transformer_dlrm import DLRM_Transformer
-from refimpl.tools.check import PARITY_TOL, Check, Unavailable, hand_check
+from refimpl.tools.check import PARITY_TOL, Check, hand_check, needs_torchrec
 from refimpl.tools.check.cases.embedding import build_collection, draw_features
 from refimpl.tools.check.cases.models import DENSE_IN, DENSE_SIZES, OVER_SIZES, draw_model_inputs
 from refimpl.tools.check.cases.training import TRAINING_TOL, training_batches
 from refimpl.tools.check.cases.transformer import split_key_bias
 from refimpl.tools.gradcheck import DEFAULT_TOL, gradcheck, numerical_gradient
 from refimpl.tools.loops import dlrm_loop
-from refimpl.tools.parity import ParityUnavailable, require_torchrec
 
 NAME = "DLRM_Transformer"
 MODES = ("features", "batch")
@@ -155,8 +154,10 @@ def finite_difference_errors(model, inputs, seed=1, step=STEP) -> dict[str, floa
 def parity_errors(model, inputs, seed=1) -> dict[str, float]:
     """refimpl against TorchRec's model, every ``in_proj_bias`` split by ``split_key_bias``."""
     from refimpl.tools.gradcheck import rel_error
-    from refimpl.tools.parity import paired_sparse_results, torch_model_like
+    from refimpl.tools.parity import paired_sparse_results, require_torchrec, torch_model_like
 
+    torch, _ = require_torchrec()
+    torch.manual_seed(seed)  # TorchRec's initial draw, loaded into model: the same every run
     ours, theirs = paired_sparse_results(model, torch_model_like(model), inputs, seed)
     errors = {}
     for name in ours:
@@ -180,13 +181,6 @@ def training_errors(mode, dense, embedding, steps=TRAINING_STEPS, seed=0) -> dic
     )
 
 
-def _needs_torchrec():
-    try:
-        require_torchrec()
-    except ParityUnavailable as exc:
-        raise Unavailable(str(exc)) from exc
-
-
 def _fd_check(config, build) -> Check:
     def run() -> float:
         model, inputs = build(np.random.default_rng(0))
@@ -197,7 +191,7 @@ def _fd_check(config, build) -> Check:
 
 def _parity_check(config, build) -> Check:
     def run() -> float:
-        _needs_torchrec()
+        needs_torchrec()
         model, inputs = build(np.random.default_rng(0))
         return max(parity_errors(model, inputs).values())
 
@@ -206,7 +200,7 @@ def _parity_check(config, build) -> Check:
 
 def _training_check(mode, dense, embedding) -> Check:
     def run() -> float:
-        _needs_torchrec()
+        needs_torchrec()
         return max(training_errors(mode, dense, embedding).values())
 
     config = f"{mode}: {TRAINING_STEPS} steps, dense {dense}, tables {embedding}"

@@ -10,13 +10,13 @@ from refimpl.layers.loss import BCEWithLogitsLoss
 from refimpl.tools.check import (
     PARITY_TOL,
     Check,
-    Unavailable,
     finite_difference_check,
     hand_check,
+    needs_torchrec,
+    parity_check,
     symbolic_check,
 )
 from refimpl.tools.loops import bce_with_logits_loop, embedding_bag_grad_loop, embedding_bag_loop
-from refimpl.tools.parity import ParityUnavailable, require_torchrec
 
 LESSON = 2  # the lesson that teaches it: 02_embedding_bags
 
@@ -92,15 +92,10 @@ def sparse_parity_check(layer: str, config: str, build, torch_module) -> Check:
     """A parity check for a layer that reads a KeyedJaggedArray (the collection, the models)."""
     from refimpl.tools.parity import compare_sparse_with_torch
 
-    def run() -> float:
-        try:
-            require_torchrec()
-        except ParityUnavailable as exc:
-            raise Unavailable(str(exc)) from exc
-        net, inputs = build(np.random.default_rng(0))
-        return max(compare_sparse_with_torch(net, torch_module(net), inputs, seed=1).values())
+    def compare(net, module, inputs):
+        return compare_sparse_with_torch(net, module, inputs, seed=1)
 
-    return Check(layer, config, "parity", run, PARITY_TOL)
+    return parity_check(layer, config, build, torch_module, compare)
 
 
 def _torch_collection(ebc):
@@ -171,10 +166,7 @@ def _loss_builder(pos_weight):
 
 def _loss_parity(pos_weight):
     def run() -> float:
-        try:
-            torch, _ = require_torchrec()
-        except ParityUnavailable as exc:
-            raise Unavailable(str(exc)) from exc
+        torch, _ = needs_torchrec()
         from refimpl.tools.gradcheck import rel_error
 
         logits = torch.tensor(LOGITS, requires_grad=True)

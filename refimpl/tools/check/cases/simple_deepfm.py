@@ -15,7 +15,7 @@ import numpy as np
 
 from refimpl.layers.base import as_rng
 from refimpl.models.deepfm import SimpleDeepFMNN
-from refimpl.tools.check import Check, Unavailable, hand_check
+from refimpl.tools.check import Check, hand_check, needs_torchrec
 from refimpl.tools.check.cases.embedding import (
     build_collection,
     draw_features,
@@ -33,8 +33,6 @@ from refimpl.tools.loops import deepfm_loop
 from refimpl.tools.parity import (
     TORCH_DENSE_OPTIMIZERS,
     TORCH_EMBEDDING_OPTIMIZERS,
-    ParityUnavailable,
-    require_torchrec,
 )
 
 NAME = "SimpleDeepFMNN"
@@ -106,10 +104,7 @@ def training_errors(dense, embedding, steps=STEPS, seed=0) -> dict[str, float]:
 
 def _training_check(dense, embedding) -> Check:
     def run() -> float:
-        try:
-            require_torchrec()
-        except ParityUnavailable as exc:
-            raise Unavailable(str(exc)) from exc
+        needs_torchrec()
         return max(training_errors(dense, embedding).values())
 
     config = f"{STEPS} steps: dense {dense}, tables {embedding}"

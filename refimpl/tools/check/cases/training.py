@@ -12,15 +12,13 @@ from __future__ import annotations
 import numpy as np
 
 from refimpl.data.batch import Batch
-from refimpl.tools.check import Check, Unavailable
+from refimpl.tools.check import Check, needs_torchrec
 from refimpl.tools.check.cases.embedding import draw_features
 from refimpl.tools.check.cases.models import MODELS, build_model
 from refimpl.tools.parity import (
     TORCH_DENSE_OPTIMIZERS,
     TORCH_EMBEDDING_OPTIMIZERS,
-    ParityUnavailable,
     compare_training_with_torch,
-    require_torchrec,
 )
 
 STEPS = 50
@@ -68,10 +66,7 @@ def training_parity(kind, dense, embedding, collection="sum, t1 shared by f1 f3"
 
 def _row(kind, dense, embedding) -> Check:
     def run() -> float:
-        try:
-            require_torchrec()
-        except ParityUnavailable as exc:
-            raise Unavailable(str(exc)) from exc
+        needs_torchrec()
         return training_parity(kind, dense, embedding)
 
     config = f"{STEPS} steps: dense {dense}, tables {embedding}"

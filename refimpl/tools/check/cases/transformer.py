@@ -24,7 +24,12 @@ from refimpl.layers.transformer import (
     MultiheadAttention,
     TransformerEncoderLayer,
 )
-from refimpl.tools.check import PARITY_TOL, Check, Unavailable, hand_check, symbolic_check
+from refimpl.tools.check import (
+    Check,
+    hand_check,
+    parity_check,
+    symbolic_check,
+)
 from refimpl.tools.gradcheck import (
     DEFAULT_TOL,
     draw_away_from_kinks,
@@ -38,7 +43,7 @@ from refimpl.tools.loops import (
     layer_norm_loop,
     transformer_interaction_loop,
 )
-from refimpl.tools.parity import ParityUnavailable, paired_results, require_torchrec
+from refimpl.tools.parity import paired_results
 
 MODES = ("features", "batch")
 # (B, F, D, H, L, M): the arch's configurations; M is the feed-forward width (TorchRec's 2048
@@ -102,18 +107,6 @@ def transformer_fd_check(layer: str, config: str, build) -> Check:
         return max(finite_difference_errors(net, inputs).values())
 
     return Check(layer, config, "finite-diff", run, DEFAULT_TOL)
-
-
-def transformer_parity_check(layer: str, config: str, build, torch_module) -> Check:
-    def run() -> float:
-        try:
-            require_torchrec()
-        except ParityUnavailable as exc:
-            raise Unavailable(str(exc)) from exc
-        net, inputs = build(np.random.default_rng(0))
-        return max(parity_errors(net, torch_module(net), inputs).values())
-
-    return Check(layer, config, "parity", run, PARITY_TOL)
 
 
 def torch_module_like(layer):
@@ -286,7 +279,7 @@ def checks():
         config = f"{shape} E=5"
         build = _tokens_builder(_layer_norm, shape)
         yield transformer_fd_check(name, config, build)
-        yield transformer_parity_check(name, config, build, torch_module_like)
+        yield parity_check(name, config, build, torch_module_like, parity_errors)
     yield hand_check(name, "(2, 3, 5) E=5 linspace", _hand_layer_norm)
     yield symbolic_check(name, "(2, 3) E=3", _symbolic(name, rows=2, width=3))
 
@@ -300,7 +293,7 @@ def checks():
 
         build = _tokens_builder(make, shape)
         yield transformer_fd_check(name, config, build)
-        yield transformer_parity_check(name, config, build, torch_module_like)
+        yield parity_check(name, config, build, torch_module_like, parity_errors)
     for heads, batch_first in ((1, True), (2, False)):
         layout = "N S E" if batch_first else "S N E"
         config = f"{layout}=(3, 2, 4) H={heads} linspace"
@@ -322,7 +315,7 @@ def checks():
 
         build = _tokens_builder(make_layer, shape, kinks=True)
         yield transformer_fd_check(name, config, build)
-        yield transformer_parity_check(name, config, build, torch_module_like)
+        yield parity_check(name, config, build, torch_module_like, parity_errors)
     yield hand_check(name, "S N E=(3, 2, 4) H=2 M=6 linspace", _hand_encoder_layer)
 
     name = "InteractionTransformerArch"
@@ -338,4 +331,4 @@ def checks():
                 # rounding noise from torch (tests/test_transformer.py checks the zeros).
                 continue
             build = _arch_builder(shape, mode, dim_feedforward=2048)
-            yield transformer_parity_check(name, f"{config} M=2048", build, torch_module_like)
+            yield parity_check(name, f"{config} M=2048", build, torch_module_like, parity_errors)
